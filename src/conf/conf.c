@@ -1,0 +1,203 @@
+/* conf.c: the multisited configuration: schema tables for each section and the loader that
+ * turns a YAML file into a validated, immutable conf_t. */
+#include "conf.h"
+
+#include <libgen.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+const char *const conf_log_levels[] = {"error", "warning", "info", "debug", NULL};
+
+/* Defaults follow what authoritative servers ship with: 1232 is the DNS Flag Day 2020 UDP
+ * size (no fragmentation on common paths); 10 s TCP idle as Knot's tcp-idle-timeout. */
+static const conf_opt_t server_schema[] = {
+    {"identity", CONF_T_STR, offsetof(conf_t, identity), 0, 0, NULL, NULL,
+     "answer to CHAOS TXT id.server/hostname.bind; default the host name; \"\" hides it"},
+    {"version", CONF_T_STR, offsetof(conf_t, version), 0, 0, "multisite " MS_VERSION, NULL,
+     "answer to CHAOS TXT version.bind/version.server; \"\" hides it"},
+    {"nsid", CONF_T_STR, offsetof(conf_t, nsid), 0, 0, "", NULL,
+     "EDNS NSID (RFC 5001) payload: text, or 0x followed by hex; \"\" disables NSID"},
+    {"listen", CONF_T_ADDRS, offsetof(conf_t, listen), 53, 0, "127.0.0.1:53", NULL,
+     "addresses to serve DNS on (UDP and TCP), ADDR or ADDR:PORT or [V6]:PORT; a list"},
+    {"udp-threads", CONF_T_UINT, offsetof(conf_t, udp_threads), 1, 64, "2", NULL,
+     "UDP threads per listen address, each with its own SO_REUSEPORT socket"},
+    {"tcp-threads", CONF_T_UINT, offsetof(conf_t, tcp_threads), 1, 16, "1", NULL,
+     "TCP threads (each serves all listen addresses)"},
+    {"tcp-idle-timeout", CONF_T_DURATION, offsetof(conf_t, tcp_idle_timeout_ms), 100, 3600000,
+     "10s", NULL, "close TCP connections idle for this long"},
+    {"tcp-max-clients", CONF_T_UINT, offsetof(conf_t, tcp_max_clients), 1, 100000, "1000", NULL,
+     "maximum concurrent TCP connections per TCP thread; more are refused"},
+    {"udp-max-payload", CONF_T_UINT, offsetof(conf_t, udp_max_payload), 512, 4096, "1232", NULL,
+     "largest UDP reply we send to EDNS clients (RFC 6891), also our advertised size"},
+    {"log-level", CONF_T_ENUM, offsetof(conf_t, log_level), 0, 0, "info", conf_log_levels,
+     "error, warning, info or debug"},
+    {"syslog", CONF_T_BOOL, offsetof(conf_t, log_syslog), 0, 0, "false", NULL,
+     "log to syslog instead of stderr"},
+};
+
+static const conf_opt_t zone_schema[] = {
+    {"origin", CONF_T_CUSTOM, 0, 0, 0, NULL, NULL, "zone apex, e.g. example.com (required)"},
+    {"file", CONF_T_CUSTOM, 0, 0, 0, NULL, NULL,
+     "RFC 1035 master file, relative to the config file's directory (required)"},
+};
+
+void conf_print_schema_table(FILE *f, const char *section, const conf_opt_t *schema, size_t n);
+
+void conf_print_schema(FILE *f)
+{
+    conf_print_schema_table(f, "server", server_schema, MS_ARRAY_LEN(server_schema));
+    conf_print_schema_table(f, "zones[]", zone_schema, MS_ARRAY_LEN(zone_schema));
+}
+
+static char *default_identity(void)
+{
+    char host[256];
+    if (gethostname(host, sizeof(host) - 1) != 0) {
+        return xstrdup("");
+    }
+    host[sizeof(host) - 1] = '\0';
+    return xstrdup(host);
+}
+
+conf_t *conf_new_default(void)
+{
+    conf_t *c = xcalloc(1, sizeof(*c));
+    conf_err_t err;
+    if (conf_apply(NULL, server_schema, MS_ARRAY_LEN(server_schema), "server", c, &err) != 0) {
+        /* The defaults are ours: failing to parse them is a bug. */
+        log_err("built-in defaults invalid: %s", err.msg);
+        abort();
+    }
+    c->identity = default_identity();
+    free(c->listen.v);
+    c->listen.v = NULL;
+    c->listen.n = 0;
+    return c;
+}
+
+void conf_add_zone(conf_t *c, const char *origin, const char *file)
+{
+    c->zones = xrealloc(c->zones, (c->n_zones + 1) * sizeof(*c->zones));
+    conf_zone_t *z = &c->zones[c->n_zones++];
+    memset(z, 0, sizeof(*z));
+    z->origin = xstrdup(origin);
+    z->file = xstrdup(file);
+    z->src_file = "(command line)";
+}
+
+void conf_add_listen(conf_t *c, const net_addr_t *a)
+{
+    c->listen.v = xrealloc(c->listen.v, (c->listen.n + 1) * sizeof(*c->listen.v));
+    c->listen.v[c->listen.n++] = *a;
+}
+
+static char *resolve_path(const char *conf_path, const char *p)
+{
+    if (p[0] == '/' || !conf_path) {
+        return xstrdup(p);
+    }
+    char *tmp = xstrdup(conf_path);
+    char *r = xasprintf("%s/%s", dirname(tmp), p);
+    free(tmp);
+    return r;
+}
+
+static int load_zones(conf_t *c, const conf_node_t *zs, conf_err_t *err)
+{
+    if (!zs) {
+        return 0;
+    }
+    if (zs->kind != CONF_SEQ) {
+        conf_errf(err, zs, "zones: expected a list of {origin, file}");
+        return MS_ECONF;
+    }
+    for (size_t i = 0; i < zs->n; i++) {
+        const conf_node_t *z = zs->items[i];
+        conf_t dummy;
+        if (conf_apply(z, zone_schema, MS_ARRAY_LEN(zone_schema), "zones[]", &dummy, err) != 0) {
+            return MS_ECONF;
+        }
+        const conf_node_t *o = conf_map_get(z, "origin");
+        const conf_node_t *f = conf_map_get(z, "file");
+        if (!o || o->kind != CONF_SCALAR || !*o->value) {
+            conf_errf(err, z, "zones[%zu]: 'origin' is required", i);
+            return MS_ECONF;
+        }
+        if (!f || f->kind != CONF_SCALAR || !*f->value) {
+            conf_errf(err, z, "zones[%zu]: 'file' is required", i);
+            return MS_ECONF;
+        }
+        for (size_t j = 0; j < c->n_zones; j++) {
+            if (strcasecmp(c->zones[j].origin, o->value) == 0) {
+                conf_errf(err, o, "zones[%zu]: zone '%s' defined twice (first on line %d)", i,
+                          o->value, c->zones[j].src_line);
+                return MS_ECONF;
+            }
+        }
+        char *path = resolve_path(c->path, f->value);
+        conf_add_zone(c, o->value, path);
+        free(path);
+        c->zones[c->n_zones - 1].src_file = o->file;
+        c->zones[c->n_zones - 1].src_line = o->line;
+    }
+    return 0;
+}
+
+int conf_load(const char *path, conf_t **out, conf_err_t *err)
+{
+    conf_doc_t *doc = NULL;
+    if (conf_doc_load(path, &doc, err) != 0) {
+        return MS_ECONF;
+    }
+    const conf_node_t *root = conf_doc_root(doc);
+    conf_t *c = xcalloc(1, sizeof(*c));
+    c->path = xstrdup(path);
+    static const char *const sections[] = {"server", "zones"};
+    for (size_t i = 0; i < root->n; i++) {
+        bool known = false;
+        for (size_t j = 0; j < MS_ARRAY_LEN(sections); j++) {
+            known = known || strcmp(root->keys[i], sections[j]) == 0;
+        }
+        if (!known) {
+            conf_node_t at = *root->items[i];
+            at.line = root->key_lines[i];
+            conf_errf(err, &at, "unknown section '%s' (known: server, zones)", root->keys[i]);
+            goto fail;
+        }
+    }
+    if (conf_apply(conf_map_get(root, "server"), server_schema, MS_ARRAY_LEN(server_schema),
+                   "server", c, err) != 0) {
+        goto fail;
+    }
+    if (!c->identity) {
+        c->identity = default_identity();
+    }
+    if (load_zones(c, conf_map_get(root, "zones"), err) != 0) {
+        goto fail;
+    }
+    conf_doc_free(doc);
+    *out = c;
+    return 0;
+fail:
+    conf_doc_free(doc);
+    conf_free(c);
+    return MS_ECONF;
+}
+
+void conf_free(conf_t *c)
+{
+    if (!c) {
+        return;
+    }
+    conf_release(server_schema, MS_ARRAY_LEN(server_schema), c);
+    for (size_t i = 0; i < c->n_zones; i++) {
+        free(c->zones[i].origin);
+        free(c->zones[i].file);
+    }
+    free(c->zones);
+    free(c->path);
+    free(c);
+}

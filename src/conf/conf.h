@@ -1,0 +1,126 @@
+/* conf.h: the conf module's interface: a YAML document as a tree with line numbers, a
+ * declarative schema engine that validates sections of it into structs, and the validated,
+ * immutable configuration of multisited (conf_t).
+ *
+ * Other daemons (multisite-syncd) use the document and schema engine for their own
+ * sections of the same file format. Nothing here is thread-safe; a conf_t once loaded is
+ * never modified and may be read from any thread. */
+#ifndef MS_CONF_H
+#define MS_CONF_H
+
+#include "util/util.h"
+
+/* ---- document tree ---- */
+typedef enum { CONF_SCALAR, CONF_MAP, CONF_SEQ } conf_kind_t;
+
+typedef struct conf_node conf_node_t;
+struct conf_node {
+    conf_kind_t kind;
+    const char *value; /* CONF_SCALAR: the text */
+    const char *file;  /* where it was written, for errors */
+    int line;
+    size_t n;              /* CONF_MAP / CONF_SEQ: number of children */
+    const char **keys;     /* CONF_MAP: keys[i] names items[i] */
+    int *key_lines;        /* CONF_MAP: line of keys[i] */
+    conf_node_t **items;
+};
+
+typedef struct conf_doc conf_doc_t;
+
+typedef struct {
+    char msg[512]; /* "FILE:LINE: option: reason" */
+} conf_err_t;
+
+/* Load and parse a YAML file (max 16 MiB). Aliases, duplicate keys and documents other
+ * than a single mapping are errors. Returns 0 or MS_ECONF with err filled in. */
+int conf_doc_load(const char *path, conf_doc_t **out, conf_err_t *err) MS_WUR;
+/* Same from a string; `name` stands in for the file name in errors. */
+int conf_doc_parse(const char *name, const char *text, size_t len, conf_doc_t **out,
+                   conf_err_t *err) MS_WUR;
+const conf_node_t *conf_doc_root(const conf_doc_t *doc);
+void conf_doc_free(conf_doc_t *doc);
+
+/* Child of a map by key, or NULL. */
+const conf_node_t *conf_map_get(const conf_node_t *map, const char *key);
+void conf_errf(conf_err_t *err, const conf_node_t *at, const char *fmt, ...) MS_PRINTF(3, 4);
+
+/* ---- schema engine ---- */
+typedef enum {
+    CONF_T_STR,      /* char *, heap copy */
+    CONF_T_UINT,     /* unsigned, range [min, max] */
+    CONF_T_BOOL,     /* bool: true/false/yes/no/on/off */
+    CONF_T_DURATION, /* unsigned milliseconds; "250ms", "2s", "1m", "1h", plain number = s */
+    CONF_T_ADDR,     /* net_addr_t, port default in min */
+    CONF_T_ADDRS,    /* conf_addrs_t: one address or a list of them, port default in min */
+    CONF_T_STRS,     /* conf_strs_t: one string or a list */
+    CONF_T_ENUM,     /* unsigned index into a NULL-terminated `choices` */
+    CONF_T_CUSTOM    /* handled by the caller: the engine only accepts the key */
+} conf_type_t;
+
+typedef struct {
+    net_addr_t *v;
+    size_t n;
+} conf_addrs_t;
+
+typedef struct {
+    char **v;
+    size_t n;
+} conf_strs_t;
+
+typedef struct {
+    const char *name;
+    conf_type_t type;
+    size_t offset; /* into the target struct */
+    uint64_t min, max;
+    const char *def; /* default as text, parsed like a config value; NULL: none/empty */
+    const char *const *choices;
+    const char *help;
+} conf_opt_t;
+
+/* Validate map `node` (may be NULL: all defaults) against `schema` and store the values into
+ * `out`. Unknown keys are errors. `section` prefixes option names in messages. */
+int conf_apply(const conf_node_t *node, const conf_opt_t *schema, size_t n_schema,
+               const char *section, void *out, conf_err_t *err) MS_WUR;
+/* Free the heap values that conf_apply stored (strings, lists). */
+void conf_release(const conf_opt_t *schema, size_t n_schema, void *out);
+
+/* ---- multisited configuration ---- */
+typedef struct {
+    char *origin; /* as written, e.g. "example.com." */
+    char *file;   /* resolved against the config file's directory */
+    const char *src_file;
+    int src_line;
+} conf_zone_t;
+
+typedef struct conf {
+    char *path; /* the config file, NULL in quick mode */
+    /* server: */
+    char *identity; /* CHAOS id.server / hostname.bind; "" hides */
+    char *version;  /* CHAOS version.bind; "" hides */
+    char *nsid;     /* NSID payload (text or 0xHEX); "" disables NSID */
+    conf_addrs_t listen;
+    unsigned udp_threads;
+    unsigned tcp_threads;
+    unsigned tcp_idle_timeout_ms;
+    unsigned tcp_max_clients;
+    unsigned udp_max_payload;
+    unsigned log_level; /* index into conf_log_levels */
+    bool log_syslog;
+    /* zones: */
+    conf_zone_t *zones;
+    size_t n_zones;
+} conf_t;
+
+extern const char *const conf_log_levels[]; /* "error", "warning", "info", "debug" */
+
+/* Load and validate a multisited config file. Returns 0 or MS_ECONF with err filled in. */
+int conf_load(const char *path, conf_t **out, conf_err_t *err) MS_WUR;
+/* Defaults for quick mode (no file); the caller adds listen addresses and zones. */
+conf_t *conf_new_default(void);
+void conf_add_zone(conf_t *c, const char *origin, const char *file);
+void conf_add_listen(conf_t *c, const net_addr_t *a);
+void conf_free(conf_t *c);
+/* Print the schema (option, type, default, range, help): `multisited --help-config`. */
+void conf_print_schema(FILE *f);
+
+#endif
