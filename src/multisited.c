@@ -1,0 +1,292 @@
+/* multisited.c: the multisite DNS daemon's entry: arguments, config check, snapshot, DNS
+ * threads, and the control-plane event loop (signals now; probes and heartbeats later). */
+#include "dns/dns.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+typedef struct {
+    const char *conf_path;
+    bool check_only;
+    /* quick mode */
+    char **zone_args;
+    size_t n_zone_args;
+    char **listen_args;
+    size_t n_listen_args;
+    int udp_threads, tcp_threads;
+    const char *identity, *nsid, *chaos_version;
+    const char *log_level;
+} args_t;
+
+static args_t args;
+static uv_loop_t *loop;
+static dns_server_t *server;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: multisited -c FILE [-t]         serve (or with -t: check) a config file\n"
+            "       multisited --zone ORIGIN=FILE [--zone ...] --listen ADDR:PORT [...]\n"
+            "                  [--udp-threads N] [--tcp-threads N] [--identity S]\n"
+            "                  [--nsid S] [--version S] [--log-level L]\n"
+            "       multisited --help-config         list every config option\n"
+            "       multisited -V                    print the program version\n");
+}
+
+/* Build the configuration from the config file or the quick-mode arguments. */
+static int make_conf(conf_t **out, char *err, size_t errlen)
+{
+    if (args.conf_path) {
+        conf_err_t ce;
+        if (conf_load(args.conf_path, out, &ce) != 0) {
+            snprintf(err, errlen, "%s", ce.msg);
+            return MS_ECONF;
+        }
+        return 0;
+    }
+    conf_t *c = conf_new_default();
+    for (size_t i = 0; i < args.n_zone_args; i++) {
+        char *eq = strchr(args.zone_args[i], '=');
+        if (!eq || eq == args.zone_args[i] || !eq[1]) {
+            snprintf(err, errlen, "--zone %s: expected ORIGIN=FILE", args.zone_args[i]);
+            conf_free(c);
+            return MS_ECONF;
+        }
+        *eq = '\0';
+        conf_add_zone(c, args.zone_args[i], eq + 1);
+        *eq = '=';
+    }
+    for (size_t i = 0; i < args.n_listen_args; i++) {
+        net_addr_t a;
+        if (net_parse_addr(args.listen_args[i], 53, &a) != 0) {
+            snprintf(err, errlen, "--listen %s: not an address (ADDR:PORT or [V6]:PORT)",
+                     args.listen_args[i]);
+            conf_free(c);
+            return MS_ECONF;
+        }
+        conf_add_listen(c, &a);
+    }
+    if (c->listen.n == 0) {
+        net_addr_t a;
+        if (net_parse_addr("127.0.0.1:53", 53, &a) == 0) {
+            conf_add_listen(c, &a);
+        }
+    }
+    if (args.udp_threads > 0) {
+        c->udp_threads = (unsigned)args.udp_threads;
+    }
+    if (args.tcp_threads > 0) {
+        c->tcp_threads = (unsigned)args.tcp_threads;
+    }
+    if (args.identity) {
+        free(c->identity);
+        c->identity = xstrdup(args.identity);
+    }
+    if (args.nsid) {
+        free(c->nsid);
+        c->nsid = xstrdup(args.nsid);
+    }
+    if (args.chaos_version) {
+        free(c->version);
+        c->version = xstrdup(args.chaos_version);
+    }
+    if (args.log_level) {
+        bool found = false;
+        for (unsigned i = 0; conf_log_levels[i]; i++) {
+            if (strcmp(conf_log_levels[i], args.log_level) == 0) {
+                c->log_level = i;
+                found = true;
+            }
+        }
+        if (!found) {
+            snprintf(err, errlen, "--log-level %s: expected error, warning, info or debug",
+                     args.log_level);
+            conf_free(c);
+            return MS_ECONF;
+        }
+    }
+    *out = c;
+    return 0;
+}
+
+static int build_snapshot(snap_t **out)
+{
+    char err[1024];
+    conf_t *c = NULL;
+    if (make_conf(&c, err, sizeof(err)) != 0) {
+        log_err("%s", err);
+        return MS_ECONF;
+    }
+    if (c->n_zones == 0) {
+        log_warn("no zones configured: every query will be REFUSED");
+    }
+    int rc = snap_build(c, out, err, sizeof(err));
+    if (rc != 0) {
+        log_err("%s", err);
+    }
+    return rc;
+}
+
+static void on_reload(uv_signal_t *h, int signum)
+{
+    (void)h;
+    (void)signum;
+    log_info("SIGHUP: reloading %s", args.conf_path ? args.conf_path : "zones");
+    snap_t *s = NULL;
+    if (build_snapshot(&s) != 0) {
+        log_err("reload failed; still serving the previous configuration and zones");
+        return;
+    }
+    const conf_t *old = snap_current()->conf;
+    if (old->listen.n != s->conf->listen.n ||
+        memcmp(old->listen.v, s->conf->listen.v, old->listen.n * sizeof(net_addr_t)) != 0 ||
+        old->udp_threads != s->conf->udp_threads || old->tcp_threads != s->conf->tcp_threads) {
+        log_warn("reload: listen addresses and thread counts change only on restart");
+    }
+    log_set_level((log_level_t)s->conf->log_level);
+    snap_publish(s);
+    log_info("reload done: generation %llu", (unsigned long long)s->generation);
+}
+
+static void on_stop(uv_signal_t *h, int signum)
+{
+    (void)h;
+    log_info("signal %d: stopping", signum);
+    uv_stop(loop);
+}
+
+static int parse_args(int argc, char **argv)
+{
+    enum { OPT_ZONE = 256, OPT_LISTEN, OPT_UDP, OPT_TCP, OPT_ID, OPT_NSID, OPT_VER, OPT_HELPC,
+           OPT_LOG };
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"check", no_argument, NULL, 't'},
+        {"zone", required_argument, NULL, OPT_ZONE},
+        {"listen", required_argument, NULL, OPT_LISTEN},
+        {"udp-threads", required_argument, NULL, OPT_UDP},
+        {"tcp-threads", required_argument, NULL, OPT_TCP},
+        {"identity", required_argument, NULL, OPT_ID},
+        {"nsid", required_argument, NULL, OPT_NSID},
+        {"version", required_argument, NULL, OPT_VER},
+        {"log-level", required_argument, NULL, OPT_LOG},
+        {"help-config", no_argument, NULL, OPT_HELPC},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int o;
+    while ((o = getopt_long(argc, argv, "c:thV", opts, NULL)) != -1) {
+        uint64_t v;
+        switch (o) {
+        case 'c': args.conf_path = optarg; break;
+        case 't': args.check_only = true; break;
+        case OPT_ZONE:
+            args.zone_args = xrealloc(args.zone_args, (args.n_zone_args + 1) * sizeof(char *));
+            args.zone_args[args.n_zone_args++] = optarg;
+            break;
+        case OPT_LISTEN:
+            args.listen_args =
+                xrealloc(args.listen_args, (args.n_listen_args + 1) * sizeof(char *));
+            args.listen_args[args.n_listen_args++] = optarg;
+            break;
+        case OPT_UDP:
+        case OPT_TCP:
+            if (!parse_u64(optarg, &v) || v < 1 || v > 64) {
+                fprintf(stderr, "multisited: --%s: expected 1..64\n",
+                        o == OPT_UDP ? "udp-threads" : "tcp-threads");
+                return 2;
+            }
+            *(o == OPT_UDP ? &args.udp_threads : &args.tcp_threads) = (int)v;
+            break;
+        case OPT_ID: args.identity = optarg; break;
+        case OPT_NSID: args.nsid = optarg; break;
+        case OPT_VER: args.chaos_version = optarg; break;
+        case OPT_LOG: args.log_level = optarg; break;
+        case OPT_HELPC: conf_print_schema(stdout); exit(0);
+        case 'V': printf("multisited %s\n", MS_VERSION); exit(0);
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "multisited: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    if (args.conf_path && (args.n_zone_args || args.n_listen_args)) {
+        fprintf(stderr, "multisited: -c and --zone/--listen are exclusive\n");
+        return 2;
+    }
+    if (!args.conf_path && !args.n_zone_args) {
+        usage(stderr);
+        return 2;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int rc = parse_args(argc, argv);
+    if (rc != 0) {
+        return rc;
+    }
+    log_init("multisited", false, LOG_LVL_INFO);
+    signal(SIGPIPE, SIG_IGN);
+    snap_reader_register(); /* the main thread publishes and frees snapshots */
+    snap_t *s = NULL;
+    if (build_snapshot(&s) != 0) {
+        return 1;
+    }
+    if (args.check_only) {
+        printf("%s: OK (%zu zones)\n", args.conf_path ? args.conf_path : "command line",
+               zone_db_count(s->zones));
+        snap_free(s);
+        return 0;
+    }
+    if (s->conf->log_syslog) {
+        log_init("multisited", true, (log_level_t)s->conf->log_level);
+    } else {
+        log_set_level((log_level_t)s->conf->log_level);
+    }
+    snap_publish(s);
+    if (dns_server_start(s->conf, &server) != 0) {
+        snap_shutdown();
+        return 1;
+    }
+    loop = uv_default_loop();
+    uv_signal_t sig_hup, sig_term, sig_int;
+    uv_signal_init(loop, &sig_hup);
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_start(&sig_hup, on_reload, SIGHUP);
+    uv_signal_start(&sig_term, on_stop, SIGTERM);
+    uv_signal_start(&sig_int, on_stop, SIGINT);
+    {
+        char ab[NET_ADDR_STRLEN];
+        const conf_t *c = s->conf;
+        for (size_t i = 0; i < c->listen.n; i++) {
+            log_info("listening on %s (UDP x%u, TCP)", net_addr_str(&c->listen.v[i], ab,
+                     sizeof(ab)), c->udp_threads);
+        }
+        log_info("ready: %zu zones, generation %llu", zone_db_count(s->zones),
+                 (unsigned long long)s->generation);
+    }
+    uv_run(loop, UV_RUN_DEFAULT);
+    dns_server_stop(server);
+    dns_stats_t st;
+    (void)st;
+    uv_close((uv_handle_t *)&sig_hup, NULL);
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    snap_shutdown();
+    snap_reader_unregister();
+    free(args.zone_args);
+    free(args.listen_args);
+    log_info("stopped");
+    return 0;
+}
