@@ -28,13 +28,12 @@ static dns_server_t *server;
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: multisited -c FILE [-t]         serve (or with -t: check) a config file\n"
-            "       multisited --zone ORIGIN=FILE [--zone ...] --listen ADDR:PORT [...]\n"
-            "                  [--udp-threads N] [--tcp-threads N] [--identity S]\n"
-            "                  [--nsid S] [--version S] [--log-level L]\n"
-            "       multisited --help-config         list every config option\n"
-            "       multisited -V                    print the program version\n");
+    fprintf(f, "usage: multisited -c FILE [-t]         serve (or with -t: check) a config file\n"
+               "       multisited --zone ORIGIN=FILE [--zone ...] --listen ADDR:PORT [...]\n"
+               "                  [--udp-threads N] [--tcp-threads N] [--identity S]\n"
+               "                  [--nsid S] [--version S] [--log-level L]\n"
+               "       multisited --help-config         list every config option\n"
+               "       multisited -V                    print the program version\n");
 }
 
 /* Build the configuration from the config file or the quick-mode arguments. */
@@ -161,8 +160,17 @@ static void on_stop(uv_signal_t *h, int signum)
 
 static int parse_args(int argc, char **argv)
 {
-    enum { OPT_ZONE = 256, OPT_LISTEN, OPT_UDP, OPT_TCP, OPT_ID, OPT_NSID, OPT_VER, OPT_HELPC,
-           OPT_LOG };
+    enum {
+        OPT_ZONE = 256,
+        OPT_LISTEN,
+        OPT_UDP,
+        OPT_TCP,
+        OPT_ID,
+        OPT_NSID,
+        OPT_VER,
+        OPT_HELPC,
+        OPT_LOG
+    };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check", no_argument, NULL, 't'},
@@ -269,8 +277,8 @@ int main(int argc, char **argv)
         char ab[NET_ADDR_STRLEN];
         const conf_t *c = s->conf;
         for (size_t i = 0; i < c->listen.n; i++) {
-            log_info("listening on %s (UDP x%u, TCP)", net_addr_str(&c->listen.v[i], ab,
-                     sizeof(ab)), c->udp_threads);
+            log_info("listening on %s (UDP x%u, TCP)",
+                     net_addr_str(&c->listen.v[i], ab, sizeof(ab)), c->udp_threads);
         }
         log_info("ready: %zu zones, generation %llu", zone_db_count(s->zones),
                  (unsigned long long)s->generation);

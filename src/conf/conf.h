@@ -19,9 +19,9 @@ struct conf_node {
     const char *value; /* CONF_SCALAR: the text */
     const char *file;  /* where it was written, for errors */
     int line;
-    size_t n;              /* CONF_MAP / CONF_SEQ: number of children */
-    const char **keys;     /* CONF_MAP: keys[i] names items[i] */
-    int *key_lines;        /* CONF_MAP: line of keys[i] */
+    size_t n;          /* CONF_MAP / CONF_SEQ: number of children */
+    const char **keys; /* CONF_MAP: keys[i] names items[i] */
+    int *key_lines;    /* CONF_MAP: line of keys[i] */
     conf_node_t **items;
 };
 

@@ -6,8 +6,8 @@
 #include <string.h>
 #include <strings.h>
 
-static const char *const type_names[] = {"string", "integer", "boolean", "duration",
-                                         "address", "addresses", "strings", "choice", "section"};
+static const char *const type_names[] = {"string",    "integer", "boolean", "duration", "address",
+                                         "addresses", "strings", "choice",  "section"};
 
 static int parse_bool(const char *s, bool *out)
 {
@@ -63,9 +63,7 @@ static int one_scalar(const conf_opt_t *o, const char *section, const conf_node_
     const char *sep = section && *section ? "." : "";
     const char *sec = section ? section : "";
     switch (o->type) {
-    case CONF_T_STR:
-        *(char **)field = xstrdup(text);
-        return 0;
+    case CONF_T_STR: *(char **)field = xstrdup(text); return 0;
     case CONF_T_UINT: {
         uint64_t v;
         if (!parse_u64(text, &v)) {
@@ -96,8 +94,8 @@ static int one_scalar(const conf_opt_t *o, const char *section, const conf_node_
             return MS_ECONF;
         }
         if (v < o->min || v > o->max) {
-            conf_errf(err, n, "%s%s%s: %s is out of range %llums..%llums", sec, sep, o->name,
-                      text, (unsigned long long)o->min, (unsigned long long)o->max);
+            conf_errf(err, n, "%s%s%s: %s is out of range %llums..%llums", sec, sep, o->name, text,
+                      (unsigned long long)o->min, (unsigned long long)o->max);
             return MS_ECONF;
         }
         *(unsigned *)field = (unsigned)v;
@@ -105,8 +103,8 @@ static int one_scalar(const conf_opt_t *o, const char *section, const conf_node_
     }
     case CONF_T_ADDR:
         if (net_parse_addr(text, (uint16_t)o->min, (net_addr_t *)field) != 0) {
-            conf_errf(err, n, "%s%s%s: '%s' is not an IP address (with optional :port)", sec,
-                      sep, o->name, text);
+            conf_errf(err, n, "%s%s%s: '%s' is not an IP address (with optional :port)", sec, sep,
+                      o->name, text);
             return MS_ECONF;
         }
         return 0;
@@ -123,17 +121,15 @@ static int one_scalar(const conf_opt_t *o, const char *section, const conf_node_
                 strncat(allowed, i ? ", " : "", sizeof(allowed) - strlen(allowed) - 1);
                 strncat(allowed, o->choices[i], sizeof(allowed) - strlen(allowed) - 1);
             }
-            conf_errf(err, n, "%s%s%s: '%s' is not one of: %s", sec, sep, o->name, text,
-                      allowed);
+            conf_errf(err, n, "%s%s%s: '%s' is not one of: %s", sec, sep, o->name, text, allowed);
         }
         return MS_ECONF;
-    default:
-        return MS_EINVAL;
+    default: return MS_EINVAL;
     }
 }
 
-static int apply_list(const conf_opt_t *o, const char *section, const conf_node_t *n,
-                      void *field, conf_err_t *err)
+static int apply_list(const conf_opt_t *o, const char *section, const conf_node_t *n, void *field,
+                      conf_err_t *err)
 {
     const conf_node_t *const *items = (const conf_node_t *const *)&n;
     size_t cnt = 1;
@@ -181,8 +177,8 @@ static int apply_list(const conf_opt_t *o, const char *section, const conf_node_
     return 0;
 }
 
-static int apply_one(const conf_opt_t *o, const char *section, const conf_node_t *n,
-                     void *out, conf_err_t *err)
+static int apply_one(const conf_opt_t *o, const char *section, const conf_node_t *n, void *out,
+                     conf_err_t *err)
 {
     void *field = (char *)out + o->offset;
     if (o->type == CONF_T_CUSTOM) {
@@ -267,8 +263,7 @@ void conf_release(const conf_opt_t *schema, size_t n_schema, void *out)
             l->n = 0;
             break;
         }
-        default:
-            break;
+        default: break;
         }
     }
 }

@@ -10,7 +10,7 @@
 #include <yaml.h>
 
 #define CONF_MAX_DEPTH 32
-#define CONF_MAX_FILE (16u << 20)
+#define CONF_MAX_FILE  (16u << 20)
 
 struct conf_doc {
     arena_t *arena;
@@ -51,8 +51,8 @@ static conf_node_t *node_new(ystate_t *st, conf_kind_t kind, const yaml_event_t 
 static int next_event(ystate_t *st, yaml_event_t *ev)
 {
     if (!yaml_parser_parse(&st->parser, ev)) {
-        snprintf(st->err->msg, sizeof(st->err->msg), "%s:%zu: YAML syntax error: %s",
-                 st->doc->name, st->parser.problem_mark.line + 1,
+        snprintf(st->err->msg, sizeof(st->err->msg), "%s:%zu: YAML syntax error: %s", st->doc->name,
+                 st->parser.problem_mark.line + 1,
                  st->parser.problem ? st->parser.problem : "unknown");
         return MS_ECONF;
     }
@@ -87,8 +87,10 @@ static int parse_children(ystate_t *st, conf_node_t *n, int depth, bool is_map)
         if (is_map) {
             int line = (int)ev.start_mark.line + 1;
             if (ev.type != YAML_SCALAR_EVENT) {
-                snprintf(st->err->msg, sizeof(st->err->msg), "%s:%d: mapping keys must be plain "
-                         "strings", st->doc->name, line);
+                snprintf(st->err->msg, sizeof(st->err->msg),
+                         "%s:%d: mapping keys must be plain "
+                         "strings",
+                         st->doc->name, line);
                 yaml_event_delete(&ev);
                 rc = MS_ECONF;
                 goto out;
@@ -97,8 +99,8 @@ static int parse_children(ystate_t *st, conf_node_t *n, int depth, bool is_map)
             for (size_t i = 0; i < cnt; i++) {
                 if (strcmp(keys[i], k) == 0) {
                     snprintf(st->err->msg, sizeof(st->err->msg),
-                             "%s:%d: duplicate key '%s' (first on line %d)", st->doc->name, line,
-                             k, key_lines[i]);
+                             "%s:%d: duplicate key '%s' (first on line %d)", st->doc->name, line, k,
+                             key_lines[i]);
                     yaml_event_delete(&ev);
                     rc = MS_ECONF;
                     goto out;
@@ -157,8 +159,8 @@ static int parse_node(ystate_t *st, yaml_event_t *ev, int depth, conf_node_t **o
                  st->doc->name, ev->start_mark.line + 1);
         return MS_ECONF;
     default:
-        snprintf(st->err->msg, sizeof(st->err->msg), "%s:%zu: unexpected YAML event",
-                 st->doc->name, ev->start_mark.line + 1);
+        snprintf(st->err->msg, sizeof(st->err->msg), "%s:%zu: unexpected YAML event", st->doc->name,
+                 ev->start_mark.line + 1);
         return MS_ECONF;
     }
 }
@@ -189,8 +191,8 @@ int conf_doc_parse(const char *name, const char *text, size_t len, conf_doc_t **
         }
         if (t == YAML_DOCUMENT_START_EVENT) {
             if (seen_doc) {
-                snprintf(err->msg, sizeof(err->msg), "%s:%zu: only one YAML document allowed",
-                         name, ev.start_mark.line + 1);
+                snprintf(err->msg, sizeof(err->msg), "%s:%zu: only one YAML document allowed", name,
+                         ev.start_mark.line + 1);
                 yaml_event_delete(&ev);
                 rc = MS_ECONF;
                 goto fail;

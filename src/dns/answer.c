@@ -17,9 +17,9 @@
 
 #include <string.h>
 
-#define HDR 12
-#define MAX_CHAIN 12    /* CNAME links followed; Knot and BIND stop at similar depths */
-#define MAX_COMP 96     /* compression targets remembered per response */
+#define HDR            12
+#define MAX_CHAIN      12 /* CNAME links followed; Knot and BIND stop at similar depths */
+#define MAX_COMP       96 /* compression targets remembered per response */
 #define MAX_ADDITIONAL 16
 
 enum { SEC_AN = 0, SEC_NS = 1, SEC_AR = 2 };
@@ -275,8 +275,7 @@ static bool put_rdata(resp_t *r, uint16_t type, const uint8_t *rd, uint16_t rdle
         memcpy(r->buf + r->len, rd + n1 + n2, 20);
         r->len += 20;
         return true;
-    default:
-        break;
+    default: break;
     }
     (void)fixed;
     if (r->len + rdlen > r->limit) {

@@ -22,9 +22,9 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#define BATCH 32
+#define BATCH         32
 #define UDP_QUERY_MAX 4096 /* larger datagrams are cut by the kernel (MSG_TRUNC) and dropped */
-#define UDP_RESP_MAX 4096  /* conf udp-max-payload is at most this */
+#define UDP_RESP_MAX  4096 /* conf udp-max-payload is at most this */
 #define TCP_WBUF_HIGH (256 * 1024) /* stop reading a connection whose replies are not read */
 
 typedef struct tcp_conn tcp_conn_t;
@@ -34,8 +34,8 @@ typedef struct {
     pthread_t tid;
     bool started;
     bool is_tcp;
-    int fd;       /* UDP socket */
-    int *lfds;    /* TCP listening sockets */
+    int fd;    /* UDP socket */
+    int *lfds; /* TCP listening sockets */
     size_t n_lfds;
     dns_stats_t stats;
 } worker_t;

@@ -70,9 +70,9 @@ int snap_build(conf_t *conf, snap_t **out, char *err, size_t errlen)
             snap_free(s);
             return MS_ECONF;
         }
-        log_info("zone %s loaded from %s: %zu records, %zu names, %zu KiB",
-                 conf->zones[i].origin, conf->zones[i].file, zone_rr_count(z),
-                 zone_node_count(z), zone_mem_bytes(z) / 1024);
+        log_info("zone %s loaded from %s: %zu records, %zu names, %zu KiB", conf->zones[i].origin,
+                 conf->zones[i].file, zone_rr_count(z), zone_node_count(z),
+                 zone_mem_bytes(z) / 1024);
     }
     s->generation = ++generation;
     *out = s;

@@ -70,12 +70,11 @@ void log_rl(log_ratelimit_t *rl, log_level_t level, const char *fmt, ...)
         return;
     }
     uint64_t now = time_mono_ms();
-    uint64_t start = atomic_load_explicit((_Atomic uint64_t *)&rl->window_start_ms,
-                                          memory_order_relaxed);
+    uint64_t start =
+        atomic_load_explicit((_Atomic uint64_t *)&rl->window_start_ms, memory_order_relaxed);
     if (now - start >= rl->period_ms) {
         /* New window; whoever wins the exchange resets the counters. */
-        if (atomic_compare_exchange_strong((_Atomic uint64_t *)&rl->window_start_ms, &start,
-                                           now)) {
+        if (atomic_compare_exchange_strong((_Atomic uint64_t *)&rl->window_start_ms, &start, now)) {
             uint32_t sup = atomic_exchange((_Atomic uint32_t *)&rl->suppressed, 0);
             atomic_store((_Atomic uint32_t *)&rl->count, 0);
             if (sup > 0) {

@@ -13,11 +13,11 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define MS_WUR __attribute__((warn_unused_result))
+#define MS_WUR          __attribute__((warn_unused_result))
 #define MS_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #define MS_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define MS_LIKELY(x) __builtin_expect(!!(x), 1)
-#define MS_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define MS_LIKELY(x)    __builtin_expect(!!(x), 1)
+#define MS_UNLIKELY(x)  __builtin_expect(!!(x), 0)
 
 /* ---- error codes: runtime functions return 0 or one of these (negative) ---- */
 enum {
@@ -48,7 +48,7 @@ void log_set_level(log_level_t level);
 bool log_enabled(log_level_t level);
 void log_msg(log_level_t level, const char *fmt, ...) MS_PRINTF(2, 3);
 void log_vmsg(log_level_t level, const char *fmt, va_list ap) MS_PRINTF(2, 0);
-#define log_err(...) log_msg(LOG_LVL_ERR, __VA_ARGS__)
+#define log_err(...)  log_msg(LOG_LVL_ERR, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_LVL_WARN, __VA_ARGS__)
 #define log_info(...) log_msg(LOG_LVL_INFO, __VA_ARGS__)
 #define log_debug(...)                                                                             \
@@ -68,7 +68,10 @@ typedef struct {
     uint32_t burst;
     uint32_t period_ms;
 } log_ratelimit_t;
-#define LOG_RATELIMIT_INIT(burst_, period_ms_) {0, 0, 0, (burst_), (period_ms_)}
+#define LOG_RATELIMIT_INIT(burst_, period_ms_)                                                     \
+    {                                                                                              \
+        0, 0, 0, (burst_), (period_ms_)                                                            \
+    }
 void log_rl(log_ratelimit_t *rl, log_level_t level, const char *fmt, ...) MS_PRINTF(3, 4);
 
 /* ---- allocation (abort on OOM) ---- */

@@ -252,8 +252,8 @@ static void ld_error(zs_scanner_t *s)
 {
     loader_t *ld = s->process.data;
     if (!ld->failed) {
-        snprintf(ld->err, ld->errlen, "%s:%llu: %s", ld->path,
-                 (unsigned long long)s->line_counter, zs_strerror(s->error.code));
+        snprintf(ld->err, ld->errlen, "%s:%llu: %s", ld->path, (unsigned long long)s->line_counter,
+                 zs_strerror(s->error.code));
     }
     ld->failed = true;
     s->state = ZS_STATE_STOP;

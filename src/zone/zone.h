@@ -15,7 +15,7 @@
 
 #include "util/util.h"
 
-#define DNS_MAX_NAME 255
+#define DNS_MAX_NAME   255
 #define DNS_MAX_LABELS 128
 
 /* RR types the code refers to by name. */
