@@ -155,7 +155,8 @@ int conf_load(const char *path, conf_t **out, conf_err_t *err)
     const conf_node_t *root = conf_doc_root(doc);
     conf_t *c = xcalloc(1, sizeof(*c));
     c->path = xstrdup(path);
-    static const char *const sections[] = {"server", "zones"};
+    /* "sync" belongs to multisite-syncd, which reads the same file with its own schema. */
+    static const char *const sections[] = {"server", "zones", "sync"};
     for (size_t i = 0; i < root->n; i++) {
         bool known = false;
         for (size_t j = 0; j < MS_ARRAY_LEN(sections); j++) {
@@ -164,7 +165,7 @@ int conf_load(const char *path, conf_t **out, conf_err_t *err)
         if (!known) {
             conf_node_t at = *root->items[i];
             at.line = root->key_lines[i];
-            conf_errf(err, &at, "unknown section '%s' (known: server, zones)", root->keys[i]);
+            conf_errf(err, &at, "unknown section '%s' (known: server, zones, sync)", root->keys[i]);
             goto fail;
         }
     }
