@@ -834,3 +834,32 @@ def test_name_compression(knot, ours):
         if len(ow) > best:
             worse.append(f"{cid}: ours {len(ow)} bytes, compressed {best} (knot {len(kw)})")
     assert not worse, "; ".join(worse)
+
+
+def test_identity_hidden(workdir, v6):
+    """identity/version/nsid set to "" hide the CHAOS answers and NSID, on both servers
+    alike (issue 2: "configurable and hideable")."""
+    k = h.start_knotd(workdir, v6=v6, identity="", version="", nsid="")
+    try:
+        o = h.start_multisited(workdir, v6=v6, identity="", version="", nsid="")
+        try:
+            for case in [C("hidden-id.server", "id.server", "TXT", "CH", allow=["aa", "ede"]),
+                         C("hidden-hostname.bind", "hostname.bind", "TXT", "CH",
+                           allow=["aa", "ede"]),
+                         C("hidden-version.bind", "version.bind", "TXT", "CH",
+                           allow=["aa", "ede"], edns=0),
+                         C("hidden-NSID", "web.example.com", "A", options=[NSID_OPT])]:
+                kq, kr = ask(k, case)
+                oq, orr = ask(o, case)
+                if case.qclass == "CH":
+                    assert not orr.answer, f"{case.id}: ours still answers: {orr.to_text()}"
+                assert not any(x.otype == dns.edns.OptionType.NSID for x in orr.options)
+                problems = check_expect("ours", case, oq, orr) + \
+                    diff_messages(kr, orr, case.allow)
+                assert not problems, f"{case.id}: " + "; ".join(problems) + \
+                    f"\n--- knot:\n{kr.to_text()}\n--- ours:\n{orr.to_text()}"
+        finally:
+            rc = o.stop()
+        assert rc == 0
+    finally:
+        k.stop()
