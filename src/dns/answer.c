@@ -157,7 +157,8 @@ static int parse_rest(const uint8_t *pkt, size_t len, query_t *q)
         }
         off = rdata + rdlen;
     }
-    return 0;
+    /* Bytes after the last record: not a DNS message we understand (Knot: FORMERR). */
+    return off == len ? 0 : -1;
 }
 
 /* ---- response writing ---- */
@@ -476,12 +477,14 @@ static const uint8_t *rr_target(uint16_t type, const uint8_t *rr, size_t *len)
 {
     uint16_t rdlen = rd_u16(rr);
     const uint8_t *rd = rr + 2, *end = rd + rdlen;
-    size_t skip = type == RR_MX ? 2 : type == RR_SRV ? 6 : 0;
+    size_t skip = type == RR_SRV                                           ? 6
+                  : (type == RR_MX || type == RR_SVCB || type == RR_HTTPS) ? 2
+                                                                           : 0;
     if (rdlen <= skip) {
         return NULL;
     }
     *len = dname_wire_len(rd + skip, end);
-    return *len ? rd + skip : NULL;
+    return *len > 1 ? rd + skip : NULL; /* "." (SVCB: the owner itself) adds nothing */
 }
 
 static bool is_below(const uint8_t *name, size_t len, const uint8_t *apex, size_t apex_len)
@@ -546,7 +549,6 @@ static void put_additional(ctx_t *c, zone_rrset_t rs, const zone_node_t *glue_cu
 static void put_referral(ctx_t *c, const zone_node_t *cut)
 {
     zone_rrset_t ns;
-    c->aa = false;
     if (!zone_node_find(cut, RR_NS, &ns)) {
         return;
     }
@@ -558,9 +560,11 @@ static void put_referral(ctx_t *c, const zone_node_t *cut)
     put_additional(c, ns, cut);
 }
 
+/* Types whose targets get their addresses in the additional section: RFC 1035 (NS, MX),
+ * RFC 2782 (SRV), RFC 9460 4.1 (SVCB, HTTPS). */
 static bool has_additional(uint16_t type)
 {
-    return type == RR_NS || type == RR_MX || type == RR_SRV;
+    return type == RR_NS || type == RR_MX || type == RR_SRV || type == RR_SVCB || type == RR_HTTPS;
 }
 
 static void answer_in(ctx_t *c)
@@ -572,11 +576,11 @@ static void answer_in(ctx_t *c)
         c->rcode = RCODE_REFUSED;
         return;
     }
-    c->aa = true;
     if (q->qtype == RR_AXFR || q->qtype == RR_IXFR) {
         c->rcode = RCODE_REFUSED; /* no zone transfers (yet) */
         return;
     }
+    c->aa = true;
     const uint8_t *name = q->lname;
     size_t len = q->qname_len;
     uint8_t chain_names[2][DNS_MAX_NAME];
@@ -584,10 +588,11 @@ static void answer_in(ctx_t *c)
     for (int link = 0; link <= MAX_CHAIN; link++) {
         lookup_t lk = lookup(c->zone, name, len, q->qtype);
         if (lk.kind == LK_DELEG) {
-            if (link == 0) {
-                put_referral(c, lk.node);
-            }
-            return; /* a CNAME into a delegation: the client follows it there */
+            /* A referral; after a CNAME the answer stays authoritative for the CNAME and
+             * the referral tells the client where to follow it (as Knot and BIND do). */
+            c->aa = link > 0;
+            put_referral(c, lk.node);
+            return;
         }
         if (lk.kind == LK_NXDOMAIN) {
             c->rcode = RCODE_NXDOMAIN; /* also after a CNAME (RFC 6604 2.1) */
@@ -796,8 +801,8 @@ size_t dns_answer(const snap_t *s, const uint8_t *pkt, size_t len, uint8_t *out,
         return finish(s, &q, &r, RCODE_NOTIMP, false, true, st);
     }
     ctx_t c = {.snap = s, .q = &q, .r = &r, .rcode = RCODE_NOERROR};
-    if (q.qclass == 1) {
-        answer_in(&c);
+    if (q.qclass == 1 || q.qclass == 255) {
+        answer_in(&c); /* class ANY: our only data class is IN (as Knot) */
     } else if (q.qclass == 3) {
         answer_ch(&c);
     } else {
