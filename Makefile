@@ -44,7 +44,8 @@ FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_REPLAY := $(FUZZ_SRCS:tests/fuzz/fuzz_%.c=$(BUILD)/fuzz/replay_%)
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/fuzz_%.c=build-fuzz/fuzz_%)
 
-.PHONY: all deps run check format format-check unit-test fuzz-replay integration bench fuzz \
+.PHONY: all deps run check format format-check unit-test fuzz-replay integration integration-asan \
+	bench fuzz \
 	clean tests-bin
 
 all: $(PROGS)
@@ -91,6 +92,12 @@ fuzz-replay: $(FUZZ_REPLAY)
 integration: $(PROGS)
 	MS_BUILD=$(abspath $(BUILD)) /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 
+# The DNS integration tests once more against the ASan+UBSan daemon: real traffic through the
+# sanitizers, and LeakSanitizer at exit (the tests require a clean exit status).
+ASAN_INTEGRATION := tests/integration/test_dns_diff.py tests/integration/test_server.py
+integration-asan: $(PROGS)
+	MS_BUILD=$(abspath $(BUILD)) /usr/bin/python3 -m pytest -q -p no:cacheprovider $(ASAN_INTEGRATION)
+
 FORMAT_FILES = $(shell find src tests -name '*.[ch]' | sort)
 format:
 	clang-format -i $(FORMAT_FILES)
@@ -103,6 +110,7 @@ check: deps
 	$(MAKE) WERROR=1 unit-test fuzz-replay
 	$(MAKE) BUILD=build-asan SANITIZE=address,undefined WERROR=1 O=1 unit-test fuzz-replay
 	$(MAKE) WERROR=1 integration
+	$(MAKE) BUILD=build-asan SANITIZE=address,undefined WERROR=1 O=1 integration-asan
 
 bench: deps all
 	@for b in bench/*.sh; do echo "== $$b"; $$b || exit 1; done

@@ -121,10 +121,11 @@ static int parse_children(ystate_t *st, conf_node_t *n, int depth, bool is_map)
         cnt++;
     }
     n->n = cnt;
-    n->items = arena_memdup(st->doc->arena, items, cnt * sizeof(*items) + 1);
+    /* arena_memdup of 0 bytes still returns a valid pointer, so empty maps are fine. */
+    n->items = arena_memdup(st->doc->arena, items, cnt * sizeof(*items));
     if (is_map) {
-        n->keys = arena_memdup(st->doc->arena, keys, cnt * sizeof(*keys) + 1);
-        n->key_lines = arena_memdup(st->doc->arena, key_lines, cnt * sizeof(*key_lines) + 1);
+        n->keys = arena_memdup(st->doc->arena, keys, cnt * sizeof(*keys));
+        n->key_lines = arena_memdup(st->doc->arena, key_lines, cnt * sizeof(*key_lines));
     }
 out:
     free(items);

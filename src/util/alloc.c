@@ -115,7 +115,9 @@ void *arena_alloc(arena_t *a, size_t n)
 void *arena_memdup(arena_t *a, const void *p, size_t n)
 {
     void *q = arena_alloc(a, n);
-    memcpy(q, p, n);
+    if (n) {
+        memcpy(q, p, n);
+    }
     return q;
 }
 
