@@ -2,6 +2,7 @@
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -54,7 +55,8 @@ uint64_t time_wall_ms(void)
 
 bool parse_u64(const char *s, uint64_t *out)
 {
-    if (!s || !*s || *s == '-' || *s == '+') {
+    /* strtoull would skip leading space and negate a '-': only plain digits are numbers. */
+    if (!s || !isdigit((unsigned char)*s)) {
         return false;
     }
     char *end;
