@@ -925,3 +925,97 @@ def test_zone_sweep(knot, ours):
                 bad.append(f"{n} {t}: " + "; ".join(d))
     assert count > 1000
     assert not bad, f"{len(bad)} of {count} sweep queries differ:\n" + "\n".join(bad[:40])
+
+
+# --------------------------------------------------------------------------------------
+# TCP framing edge cases (RFC 7766, RFC 1035 sec. 4.2.2): the same byte stream to both
+# servers; compare the sequence of replies (id, rcode) and whether the server then closed.
+
+def _q(name="web.example.com", qid=1, t="A", flags=0):
+    m = dns.message.make_query(name, t)
+    m.id = qid
+    m.flags = flags
+    return m.to_wire()
+
+
+def _framed(w):
+    return struct.pack(">H", len(w)) + w
+
+
+def tcp_script(server, chunks, pause=0.02, wait=0.5, half_close=False):
+    """Write `chunks` one by one (pausing between), then read replies until EOF or `wait`
+    seconds of silence. Returns ([(id, rcode)...], closed_by_server)."""
+    with socket.create_connection((server.addr, server.port), timeout=TIMEOUT) as s:
+        for i, c in enumerate(chunks):
+            if i:
+                time.sleep(pause)
+            s.sendall(c)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        s.settimeout(wait)
+        buf, closed = b"", False
+        while True:
+            try:
+                d = s.recv(65535)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not d:
+                closed = True
+                break
+            buf += d
+    out = []
+    while len(buf) >= 2:
+        ln = struct.unpack(">H", buf[:2])[0]
+        if len(buf) < 2 + ln:
+            out.append(("partial", len(buf) - 2, ln))
+            break
+        msg = buf[2:2 + ln]
+        out.append((struct.unpack(">H", msg[:2])[0], msg[3] & 0xF))
+        buf = buf[2 + ln:]
+    return out, closed
+
+
+_W = _q(qid=7)
+_BAD = _hdr(qid=9) + b"\x07exam"          # truncated qname
+TCP_SCRIPTS = [
+    # 5 ms per byte: the whole message within knotd's 500 ms tcp-io-timeout.
+    ("one-byte-at-a-time", [bytes([b]) for b in _framed(_W)], {"pause": 0.005}),
+    ("length-then-body", [_framed(_W)[:2], _framed(_W)[2:]], {}),
+    ("second-query-split", [_framed(_q(qid=1)) + _framed(_q(qid=2))[:5],
+                            _framed(_q(qid=2))[5:]], {}),
+    ("three-in-one-write", [_framed(_q(qid=1)) + _framed(_q(qid=2, t="AAAA")) +
+                            _framed(_q("nonexistent.example.com", qid=3))], {}),
+    ("half-close-after-queries", [_framed(_q(qid=1)) + _framed(_q(qid=2))],
+     {"half_close": True}),
+    ("QR-set-then-valid", [_framed(_q(qid=1, flags=0x8000)) + _framed(_q(qid=2))], {}),
+    ("malformed-then-valid", [_framed(_BAD) + _framed(_q(qid=2))], {}),
+    ("zero-length-message", [b"\x00\x00" + _framed(_q(qid=2))], {}),
+    ("short-header", [_framed(b"\x00\x05\x00") + _framed(_q(qid=2))], {}),
+]
+
+# What a server may do after a malformed message on TCP is its choice (RFC 7766 sec. 8 lets
+# it close; answering FORMERR and carrying on is as valid). For those scripts, ours must
+# answer every valid query before the bad one and must not hang; knotd's exact reaction is
+# shown, not required.
+TCP_FREE_AFTER_BAD = {"malformed-then-valid", "zero-length-message", "short-header"}
+
+
+@pytest.mark.parametrize("cid,chunks,kw", TCP_SCRIPTS, ids=[t[0] for t in TCP_SCRIPTS])
+def test_tcp_framing(knot, ours, cid, chunks, kw):
+    k = tcp_script(knot, chunks, **kw)
+    o = tcp_script(ours, chunks, **kw)
+    if cid in TCP_FREE_AFTER_BAD:
+        assert all(x[0] != "partial" for x in o[0]), f"ours sent a partial reply: {o}"
+        assert o[0] or o[1], f"ours neither answered nor closed: knot {k}, ours {o}"
+        # Whatever we send must be FORMERR for the bad message or a normal answer after it.
+        assert all(rc in (FORMERR, NOERROR) for _, rc in o[0]), f"knot {k}, ours {o}"
+        return
+    # Replies must be identical; closing is compared only after a half-close, where the
+    # server should answer everything and then close (RFC 7766 sec. 6.2.4 leaves an open
+    # connection to the idle timeout otherwise).
+    assert o[0] == k[0], f"replies differ: knot {k[0]}, ours {o[0]}"
+    if kw.get("half_close"):
+        assert o[1] == k[1], f"closed after half-close: knot {k[1]}, ours {o[1]}"
