@@ -45,11 +45,16 @@ static const conf_opt_t zone_schema[] = {
 };
 
 void conf_print_schema_table(FILE *f, const char *section, const conf_opt_t *schema, size_t n);
+/* sites.c */
+void conf_print_sites_schema(FILE *f);
+int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *names, conf_err_t *err);
+void conf_free_sites(conf_t *c);
 
 void conf_print_schema(FILE *f)
 {
     conf_print_schema_table(f, "server", server_schema, MS_ARRAY_LEN(server_schema));
     conf_print_schema_table(f, "zones[]", zone_schema, MS_ARRAY_LEN(zone_schema));
+    conf_print_sites_schema(f);
 }
 
 static char *default_identity(void)
@@ -156,7 +161,7 @@ int conf_load(const char *path, conf_t **out, conf_err_t *err)
     conf_t *c = xcalloc(1, sizeof(*c));
     c->path = xstrdup(path);
     /* "sync" belongs to multisite-syncd, which reads the same file with its own schema. */
-    static const char *const sections[] = {"server", "zones", "sync"};
+    static const char *const sections[] = {"server", "zones", "sites", "names", "sync"};
     for (size_t i = 0; i < root->n; i++) {
         bool known = false;
         for (size_t j = 0; j < MS_ARRAY_LEN(sections); j++) {
@@ -165,7 +170,8 @@ int conf_load(const char *path, conf_t **out, conf_err_t *err)
         if (!known) {
             conf_node_t at = *root->items[i];
             at.line = root->key_lines[i];
-            conf_errf(err, &at, "unknown section '%s' (known: server, zones, sync)", root->keys[i]);
+            conf_errf(err, &at, "unknown section '%s' (known: server, zones, sites, names, sync)",
+                      root->keys[i]);
             goto fail;
         }
     }
@@ -177,6 +183,9 @@ int conf_load(const char *path, conf_t **out, conf_err_t *err)
         c->identity = default_identity();
     }
     if (load_zones(c, conf_map_get(root, "zones"), err) != 0) {
+        goto fail;
+    }
+    if (conf_load_sites(c, conf_map_get(root, "sites"), conf_map_get(root, "names"), err) != 0) {
         goto fail;
     }
     conf_doc_free(doc);
@@ -199,6 +208,7 @@ void conf_free(conf_t *c)
         free(c->zones[i].file);
     }
     free(c->zones);
+    conf_free_sites(c);
     free(c->path);
     free(c);
 }

@@ -92,6 +92,68 @@ typedef struct {
     int src_line;
 } conf_zone_t;
 
+/* A probe's settings (web servers share one per site). */
+enum { CONF_PROBE_TCP = 0, CONF_PROBE_HTTP = 1, CONF_PROBE_HTTPS = 2 };
+extern const char *const conf_probe_types[]; /* "tcp", "http", "https" */
+
+typedef struct {
+    unsigned type;          /* CONF_PROBE_* */
+    char *path;             /* HTTP(S) request path */
+    char *host;             /* Host header and TLS SNI; NULL: the address */
+    unsigned expect_status; /* required HTTP status */
+    conf_strs_t expect;     /* keywords that must all appear in the body */
+    bool tls_verify;        /* verify the server certificate (HTTPS) */
+    unsigned interval_ms, timeout_ms, rise, fall;
+} conf_check_t;
+
+typedef struct {
+    char *name;
+    net_addr_t addr; /* where the probe connects */
+} conf_web_t;
+
+typedef struct {
+    char *name;         /* the database server's name; the default keyword */
+    char *url;          /* the page a web server executes against the database */
+    net_addr_t connect; /* connect here instead of resolving the URL's host */
+    bool has_connect;
+    conf_check_t check; /* expect defaults to [name]; type/path come from url */
+} conf_db_t;
+
+typedef struct {
+    char *stats;       /* HAProxy runtime API: "unix:/path" or "ADDR:PORT" */
+    char *web_backend; /* backend whose servers are the web tier */
+    char *db_backend;  /* backend that checks the database page; NULL: none */
+    unsigned interval_ms, timeout_ms;
+} conf_lb_t;
+
+typedef struct {
+    char *name;
+    conf_addrs_t addrs; /* answer addresses (v4 and/or v6; ports ignored) */
+    unsigned min_web;   /* k of n web servers must be up */
+    conf_web_t *web;
+    size_t n_web;
+    conf_check_t web_check;
+    bool has_db;
+    conf_db_t db;
+    bool has_lb;
+    conf_lb_t lb;
+    const char *src_file;
+    int src_line;
+} conf_site_t;
+
+enum { CONF_FALLBACK_ALL = 0, CONF_FALLBACK_LAST = 1, CONF_FALLBACK_SERVFAIL = 2 };
+extern const char *const conf_fallbacks[]; /* "all", "last", "servfail" */
+
+typedef struct {
+    char *name;    /* as written */
+    size_t *sites; /* indices into conf_t.sites, in the configured order */
+    size_t n_sites;
+    unsigned ttl;
+    unsigned fallback; /* CONF_FALLBACK_* when no site is available */
+    const char *src_file;
+    int src_line;
+} conf_name_t;
+
 typedef struct conf {
     char *path; /* the config file, NULL in quick mode */
     /* server: */
@@ -109,6 +171,11 @@ typedef struct conf {
     /* zones: */
     conf_zone_t *zones;
     size_t n_zones;
+    /* sites: and names: (load-balanced names) */
+    conf_site_t *sites;
+    size_t n_sites;
+    conf_name_t *names;
+    size_t n_names;
 } conf_t;
 
 extern const char *const conf_log_levels[]; /* "error", "warning", "info", "debug" */

@@ -1,0 +1,353 @@
+/* sites.c: the sites: and names: sections of the multisited config (sites with their web
+ * servers, database check and load balancer; load-balanced names over them). */
+#include "conf.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+const char *const conf_probe_types[] = {"tcp", "http", "https", NULL};
+const char *const conf_fallbacks[] = {"all", "last", "servfail", NULL};
+
+/* Probe defaults: a 1 s interval with rise 2 / fall 2 reacts in ~2 s to a silent failure;
+ * refused connections are re-probed at once (health module), so a dead web server is seen
+ * in well under a second. gdnsd's fastest is interval 2 s with thresholds 2. */
+static const conf_opt_t check_schema[] = {
+    {"type", CONF_T_ENUM, offsetof(conf_check_t, type), 0, 0, "http", conf_probe_types,
+     "tcp (connect only), http or https"},
+    {"path", CONF_T_STR, offsetof(conf_check_t, path), 0, 0, "/", NULL, "HTTP request path"},
+    {"host", CONF_T_STR, offsetof(conf_check_t, host), 0, 0, NULL, NULL,
+     "Host header and TLS SNI name (default: the address)"},
+    {"expect-status", CONF_T_UINT, offsetof(conf_check_t, expect_status), 100, 599, "200", NULL,
+     "HTTP status the probe requires"},
+    {"expect", CONF_T_STRS, offsetof(conf_check_t, expect), 0, 0, NULL, NULL,
+     "keyword(s) that must all appear in the response body"},
+    {"tls-verify", CONF_T_BOOL, offsetof(conf_check_t, tls_verify), 0, 0, "true", NULL,
+     "verify the HTTPS server's certificate"},
+    {"interval", CONF_T_DURATION, offsetof(conf_check_t, interval_ms), 50, 3600000, "1s", NULL,
+     "time between probes"},
+    {"timeout", CONF_T_DURATION, offsetof(conf_check_t, timeout_ms), 10, 600000, "500ms", NULL,
+     "a probe that takes longer fails"},
+    {"rise", CONF_T_UINT, offsetof(conf_check_t, rise), 1, 100, "2", NULL,
+     "consecutive successes to go from down to up"},
+    {"fall", CONF_T_UINT, offsetof(conf_check_t, fall), 1, 100, "2", NULL,
+     "consecutive failures to go from up to down"},
+};
+
+static const conf_opt_t db_schema[] = {
+    {"name", CONF_T_STR, offsetof(conf_db_t, name), 0, 0, NULL, NULL,
+     "the database server's name; the default keyword the page must contain (required)"},
+    {"url", CONF_T_STR, offsetof(conf_db_t, url), 0, 0, NULL, NULL,
+     "http(s) URL of the page a web server executes against the database (required)"},
+    {"connect", CONF_T_ADDR, offsetof(conf_db_t, connect), 80, 0, NULL, NULL,
+     "connect to this ADDR:PORT instead of the URL's host"},
+    {"expect", CONF_T_STRS, offsetof(conf_db_t, check.expect), 0, 0, NULL, NULL,
+     "keyword(s) the page must contain (default: name)"},
+    {"expect-status", CONF_T_UINT, offsetof(conf_db_t, check.expect_status), 100, 599, "200", NULL,
+     "HTTP status the page must have"},
+    {"tls-verify", CONF_T_BOOL, offsetof(conf_db_t, check.tls_verify), 0, 0, "true", NULL,
+     "verify the HTTPS server's certificate"},
+    {"interval", CONF_T_DURATION, offsetof(conf_db_t, check.interval_ms), 50, 3600000, "1s", NULL,
+     "time between probes"},
+    {"timeout", CONF_T_DURATION, offsetof(conf_db_t, check.timeout_ms), 10, 600000, "1s", NULL,
+     "a probe that takes longer fails"},
+    {"rise", CONF_T_UINT, offsetof(conf_db_t, check.rise), 1, 100, "2", NULL,
+     "consecutive successes to go from down to up"},
+    {"fall", CONF_T_UINT, offsetof(conf_db_t, check.fall), 1, 100, "2", NULL,
+     "consecutive failures to go from up to down"},
+};
+
+static const conf_opt_t lb_schema[] = {
+    {"stats", CONF_T_STR, offsetof(conf_lb_t, stats), 0, 0, NULL, NULL,
+     "HAProxy runtime API: unix:/path/to/socket or ADDR:PORT (required)"},
+    {"web-backend", CONF_T_STR, offsetof(conf_lb_t, web_backend), 0, 0, "web", NULL,
+     "backend whose servers are the web tier"},
+    {"db-backend", CONF_T_STR, offsetof(conf_lb_t, db_backend), 0, 0, NULL, NULL,
+     "backend whose check fetches the database page (optional)"},
+    {"interval", CONF_T_DURATION, offsetof(conf_lb_t, interval_ms), 50, 3600000, "500ms", NULL,
+     "time between 'show stat' polls"},
+    {"timeout", CONF_T_DURATION, offsetof(conf_lb_t, timeout_ms), 10, 600000, "500ms", NULL,
+     "a poll that takes longer fails"},
+};
+
+static const conf_opt_t site_schema[] = {
+    {"name", CONF_T_STR, offsetof(conf_site_t, name), 0, 0, NULL, NULL, "site name (required)"},
+    {"addresses", CONF_T_ADDRS, offsetof(conf_site_t, addrs), 0, 0, NULL, NULL,
+     "the addresses DNS answers give for this site, IPv4 and/or IPv6 (required)"},
+    {"min-web-up", CONF_T_UINT, offsetof(conf_site_t, min_web), 0, 1000, "1", NULL,
+     "the site is up only if at least this many web servers are up"},
+    {"web-servers", CONF_T_CUSTOM, 0, 0, 0, NULL, NULL,
+     "list of {name, address: ADDR:PORT} (or just ADDR:PORT) probed with web-check"},
+    {"web-check", CONF_T_CUSTOM, 0, 0, 0, NULL, NULL, "how web servers are probed (see check.*)"},
+    {"database", CONF_T_CUSTOM, 0, 0, 0, NULL, NULL, "the database check (see database.*)"},
+    {"load-balancer", CONF_T_CUSTOM, 0, 0, 0, NULL, NULL,
+     "the site's HAProxy, read through its runtime API (see load-balancer.*)"},
+};
+
+static const conf_opt_t name_schema[] = {
+    {"name", CONF_T_STR, offsetof(conf_name_t, name), 0, 0, NULL, NULL,
+     "the load-balanced name, inside a configured zone (required)"},
+    {"sites", CONF_T_CUSTOM, 0, 0, 0, NULL, NULL, "site names in the preferred order (required)"},
+    {"ttl", CONF_T_UINT, offsetof(conf_name_t, ttl), 0, 86400, "30", NULL, "TTL of the answers"},
+    {"fallback", CONF_T_ENUM, offsetof(conf_name_t, fallback), 0, 0, "all", conf_fallbacks,
+     "when no site is available: all (every site, configured order), last (the last set that "
+     "was available) or servfail"},
+};
+
+void conf_print_schema_table(FILE *f, const char *section, const conf_opt_t *schema, size_t n);
+
+void conf_print_sites_schema(FILE *f);
+void conf_print_sites_schema(FILE *f)
+{
+    conf_print_schema_table(f, "sites[]", site_schema, MS_ARRAY_LEN(site_schema));
+    conf_print_schema_table(f, "sites[].web-check", check_schema, MS_ARRAY_LEN(check_schema));
+    conf_print_schema_table(f, "sites[].database", db_schema, MS_ARRAY_LEN(db_schema));
+    conf_print_schema_table(f, "sites[].load-balancer", lb_schema, MS_ARRAY_LEN(lb_schema));
+    conf_print_schema_table(f, "names[]", name_schema, MS_ARRAY_LEN(name_schema));
+}
+
+static int load_web(conf_site_t *s, const conf_node_t *list, conf_err_t *err)
+{
+    if (!list) {
+        return 0;
+    }
+    if (list->kind != CONF_SEQ) {
+        conf_errf(err, list, "sites[%s].web-servers: expected a list", s->name);
+        return MS_ECONF;
+    }
+    s->web = xcalloc(list->n ? list->n : 1, sizeof(*s->web));
+    for (size_t i = 0; i < list->n; i++) {
+        const conf_node_t *w = list->items[i];
+        conf_web_t *cw = &s->web[s->n_web];
+        const conf_node_t *addr = w;
+        if (w->kind == CONF_MAP) {
+            static const conf_opt_t web_schema[] = {
+                {"name", CONF_T_STR, offsetof(conf_web_t, name), 0, 0, NULL, NULL, ""},
+                {"address", CONF_T_ADDR, offsetof(conf_web_t, addr), 80, 0, NULL, NULL, ""},
+            };
+            if (conf_apply(w, web_schema, 2, "web-servers[]", cw, err) != 0) {
+                return MS_ECONF;
+            }
+            addr = conf_map_get(w, "address");
+            if (!addr) {
+                conf_errf(err, w, "sites[%s].web-servers[%zu]: 'address' is required", s->name, i);
+                free(cw->name);
+                return MS_ECONF;
+            }
+        } else if (w->kind != CONF_SCALAR || net_parse_addr(w->value, 80, &cw->addr) != 0) {
+            conf_errf(err, w, "sites[%s].web-servers[%zu]: expected ADDR:PORT or {name, address}",
+                      s->name, i);
+            return MS_ECONF;
+        }
+        if (!cw->name) {
+            char ab[NET_ADDR_STRLEN];
+            cw->name = xstrdup(net_addr_str(&cw->addr, ab, sizeof(ab)));
+        }
+        (void)addr;
+        s->n_web++;
+    }
+    return 0;
+}
+
+static int load_site(conf_t *c, const conf_node_t *n, conf_err_t *err)
+{
+    conf_site_t *s = &c->sites[c->n_sites];
+    memset(s, 0, sizeof(*s));
+    s->src_file = n->file;
+    s->src_line = n->line;
+    c->n_sites++; /* counted now so conf_free releases a partly loaded site */
+    if (conf_apply(n, site_schema, MS_ARRAY_LEN(site_schema), "sites[]", s, err) != 0) {
+        return MS_ECONF;
+    }
+    if (!s->name || !*s->name) {
+        conf_errf(err, n, "sites[]: 'name' is required");
+        return MS_ECONF;
+    }
+    for (size_t i = 0; i + 1 < c->n_sites; i++) {
+        if (strcmp(c->sites[i].name, s->name) == 0) {
+            conf_errf(err, n, "sites[%s]: defined twice (first on line %d)", s->name,
+                      c->sites[i].src_line);
+            return MS_ECONF;
+        }
+    }
+    if (s->addrs.n == 0) {
+        conf_errf(err, n, "sites[%s]: 'addresses' is required (the addresses answers give)",
+                  s->name);
+        return MS_ECONF;
+    }
+    if (conf_apply(conf_map_get(n, "web-check"), check_schema, MS_ARRAY_LEN(check_schema),
+                   "web-check", &s->web_check, err) != 0) {
+        return MS_ECONF;
+    }
+    if (load_web(s, conf_map_get(n, "web-servers"), err) != 0) {
+        return MS_ECONF;
+    }
+    if (s->min_web > s->n_web) {
+        conf_errf(err, n, "sites[%s]: min-web-up %u is more than its %zu web servers", s->name,
+                  s->min_web, s->n_web);
+        return MS_ECONF;
+    }
+    const conf_node_t *db = conf_map_get(n, "database");
+    if (db) {
+        s->has_db = true;
+        if (conf_apply(db, db_schema, MS_ARRAY_LEN(db_schema), "database", &s->db, err) != 0) {
+            return MS_ECONF;
+        }
+        s->db.has_connect = conf_map_get(db, "connect") != NULL;
+        if (!s->db.name || !*s->db.name || !s->db.url) {
+            conf_errf(err, db, "sites[%s].database: 'name' and 'url' are required", s->name);
+            return MS_ECONF;
+        }
+        if (strncmp(s->db.url, "http://", 7) == 0) {
+            s->db.check.type = CONF_PROBE_HTTP;
+        } else if (strncmp(s->db.url, "https://", 8) == 0) {
+            s->db.check.type = CONF_PROBE_HTTPS;
+        } else {
+            conf_errf(err, conf_map_get(db, "url"),
+                      "sites[%s].database.url: '%s' is not an "
+                      "http:// or https:// URL",
+                      s->name, s->db.url);
+            return MS_ECONF;
+        }
+        if (s->db.check.expect.n == 0) {
+            s->db.check.expect.v = xcalloc(1, sizeof(char *));
+            s->db.check.expect.v[0] = xstrdup(s->db.name);
+            s->db.check.expect.n = 1;
+        }
+    }
+    const conf_node_t *lb = conf_map_get(n, "load-balancer");
+    if (lb) {
+        s->has_lb = true;
+        if (conf_apply(lb, lb_schema, MS_ARRAY_LEN(lb_schema), "load-balancer", &s->lb, err) != 0) {
+            return MS_ECONF;
+        }
+        if (!s->lb.stats || !*s->lb.stats) {
+            conf_errf(err, lb, "sites[%s].load-balancer: 'stats' is required", s->name);
+            return MS_ECONF;
+        }
+        net_addr_t a;
+        if (strncmp(s->lb.stats, "unix:", 5) != 0 && net_parse_addr(s->lb.stats, 0, &a) != 0) {
+            conf_errf(err, conf_map_get(lb, "stats"),
+                      "sites[%s].load-balancer.stats: '%s' is "
+                      "neither unix:/path nor ADDR:PORT",
+                      s->name, s->lb.stats);
+            return MS_ECONF;
+        }
+    }
+    if (s->n_web == 0 && !s->has_lb && !s->has_db) {
+        conf_errf(err, n,
+                  "sites[%s]: nothing to check: give web-servers, a database or a "
+                  "load-balancer",
+                  s->name);
+        return MS_ECONF;
+    }
+    return 0;
+}
+
+static int load_name(conf_t *c, const conf_node_t *n, conf_err_t *err)
+{
+    conf_name_t *nm = &c->names[c->n_names];
+    memset(nm, 0, sizeof(*nm));
+    nm->src_file = n->file;
+    nm->src_line = n->line;
+    c->n_names++;
+    if (conf_apply(n, name_schema, MS_ARRAY_LEN(name_schema), "names[]", nm, err) != 0) {
+        return MS_ECONF;
+    }
+    if (!nm->name || !*nm->name) {
+        conf_errf(err, n, "names[]: 'name' is required");
+        return MS_ECONF;
+    }
+    for (size_t i = 0; i + 1 < c->n_names; i++) {
+        if (strcasecmp(c->names[i].name, nm->name) == 0) {
+            conf_errf(err, n, "names[%s]: defined twice (first on line %d)", nm->name,
+                      c->names[i].src_line);
+            return MS_ECONF;
+        }
+    }
+    const conf_node_t *sl = conf_map_get(n, "sites");
+    if (!sl || (sl->kind != CONF_SEQ && sl->kind != CONF_SCALAR)) {
+        conf_errf(err, sl ? sl : n, "names[%s]: 'sites' (a list of site names) is required",
+                  nm->name);
+        return MS_ECONF;
+    }
+    size_t cnt = sl->kind == CONF_SEQ ? sl->n : 1;
+    nm->sites = xcalloc(cnt ? cnt : 1, sizeof(size_t));
+    for (size_t i = 0; i < cnt; i++) {
+        const conf_node_t *it = sl->kind == CONF_SEQ ? sl->items[i] : sl;
+        size_t k = c->n_sites;
+        if (it->kind == CONF_SCALAR) {
+            for (k = 0; k < c->n_sites && strcmp(c->sites[k].name, it->value) != 0; k++) {
+            }
+        }
+        if (k == c->n_sites) {
+            conf_errf(err, it, "names[%s]: site '%s' is not defined under sites:", nm->name,
+                      it->kind == CONF_SCALAR ? it->value : "?");
+            return MS_ECONF;
+        }
+        for (size_t j = 0; j < nm->n_sites; j++) {
+            if (nm->sites[j] == k) {
+                conf_errf(err, it, "names[%s]: site '%s' listed twice", nm->name, it->value);
+                return MS_ECONF;
+            }
+        }
+        nm->sites[nm->n_sites++] = k;
+    }
+    if (nm->n_sites == 0) {
+        conf_errf(err, sl, "names[%s]: 'sites' is empty", nm->name);
+        return MS_ECONF;
+    }
+    return 0;
+}
+
+int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *names, conf_err_t *err);
+int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *names, conf_err_t *err)
+{
+    if (sites) {
+        if (sites->kind != CONF_SEQ) {
+            conf_errf(err, sites, "sites: expected a list of sites");
+            return MS_ECONF;
+        }
+        c->sites = xcalloc(sites->n ? sites->n : 1, sizeof(*c->sites));
+        for (size_t i = 0; i < sites->n; i++) {
+            if (load_site(c, sites->items[i], err) != 0) {
+                return MS_ECONF;
+            }
+        }
+    }
+    if (names) {
+        if (names->kind != CONF_SEQ) {
+            conf_errf(err, names, "names: expected a list of load-balanced names");
+            return MS_ECONF;
+        }
+        c->names = xcalloc(names->n ? names->n : 1, sizeof(*c->names));
+        for (size_t i = 0; i < names->n; i++) {
+            if (load_name(c, names->items[i], err) != 0) {
+                return MS_ECONF;
+            }
+        }
+    }
+    return 0;
+}
+
+void conf_free_sites(conf_t *c);
+void conf_free_sites(conf_t *c)
+{
+    for (size_t i = 0; i < c->n_sites; i++) {
+        conf_site_t *s = &c->sites[i];
+        conf_release(site_schema, MS_ARRAY_LEN(site_schema), s);
+        conf_release(check_schema, MS_ARRAY_LEN(check_schema), &s->web_check);
+        for (size_t k = 0; k < s->n_web; k++) {
+            free(s->web[k].name);
+        }
+        free(s->web);
+        conf_release(db_schema, MS_ARRAY_LEN(db_schema), &s->db);
+        conf_release(lb_schema, MS_ARRAY_LEN(lb_schema), &s->lb);
+    }
+    free(c->sites);
+    for (size_t i = 0; i < c->n_names; i++) {
+        conf_release(name_schema, MS_ARRAY_LEN(name_schema), &c->names[i]);
+        free(c->names[i].sites);
+    }
+    free(c->names);
+}

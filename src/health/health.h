@@ -1,0 +1,60 @@
+/* health.h: the health module's interface: is each site able to serve?
+ *
+ * Probes run on the control-plane libuv loop (main thread), never on the DNS threads:
+ *   - TCP connect to each web server;
+ *   - HTTP(S) requests through libcurl's multi interface driven by the loop, with expected
+ *     status and keyword(s) found anywhere in the body (scanned across chunk boundaries);
+ *     the database check is such a request for a page a web server executes against the
+ *     site's database;
+ *   - HAProxy's runtime API (`show stat` over a unix or TCP socket): which servers of the
+ *     web (and optional database-check) backend are UP, and sessions against limits as load.
+ * Each probe target has a verdict tracker with rise/fall thresholds (hysteresis); a refused
+ * or reset connection is re-probed at once instead of waiting for the next interval.
+ *
+ * Site verdict = at least min-web-up of the web servers up AND the database check passing
+ * (when configured) AND, when a load balancer is configured, it reports at least one web
+ * backend server up (and the db backend up, when configured). Every transition is logged
+ * with its reasons, e.g.  site eu DOWN: 0/3 web servers answer; db page lacks "db-eu-1"
+ *
+ * Threading: everything here runs on the loop's thread; the change callback too. */
+#ifndef MS_HEALTH_H
+#define MS_HEALTH_H
+
+#include "conf/conf.h"
+
+#include <uv.h>
+
+typedef enum { HEALTH_UNKNOWN = 0, HEALTH_UP = 1, HEALTH_DOWN = 2 } health_state_t;
+
+typedef struct {
+    health_state_t state;    /* the site verdict; UNKNOWN until every input has a result */
+    bool changing;           /* some input is inside a rise/fall window (state may flip soon) */
+    char reason[384];        /* human text of the last verdict, with counts and causes */
+    unsigned web_up, web_total;
+    health_state_t db;       /* UNKNOWN when not configured */
+    health_state_t lb;       /* UNKNOWN when not configured */
+    double load;             /* 0..1 from the load balancer (sessions/limit); < 0 unknown */
+    double rtt_ms;           /* EWMA of probe round-trip times; < 0 unknown */
+    uint64_t since_ms;       /* wall clock ms of the last verdict transition */
+    uint64_t transitions;    /* number of verdict transitions */
+} health_site_t;
+
+typedef struct health health_t;
+
+/* Called on the loop thread after one or more site verdicts (or loads) changed. */
+typedef void (*health_cb_t)(void *ud);
+
+/* Start probing every site of conf on loop. Copies what it needs from conf (conf may be
+ * freed afterwards). If prev is given (a reload), targets with the same site and name keep
+ * their state and counters, so a reload does not flap verdicts; prev is not modified. */
+int health_new(uv_loop_t *loop, const conf_t *conf, const health_t *prev, health_cb_t cb,
+               void *ud, health_t **out) MS_WUR;
+/* Stop probes and release. Handles close asynchronously: the caller keeps running the
+ * loop (uv_run) until they are gone. Accepts NULL. */
+void health_free(health_t *h);
+
+size_t health_site_count(const health_t *h);
+/* Site i, in conf order (the same index as conf_t.sites). */
+const health_site_t *health_site(const health_t *h, size_t i);
+
+#endif
