@@ -145,7 +145,7 @@ static int load_zones(conf_t *c, const conf_node_t *zs, conf_err_t *err)
         char *path = resolve_path(c->path, f->value);
         conf_add_zone(c, o->value, path);
         free(path);
-        c->zones[c->n_zones - 1].src_file = o->file;
+        c->zones[c->n_zones - 1].src_file = c->path; /* the doc (and o->file) is freed */
         c->zones[c->n_zones - 1].src_line = o->line;
     }
     return 0;

@@ -153,7 +153,7 @@ static int load_site(conf_t *c, const conf_node_t *n, conf_err_t *err)
 {
     conf_site_t *s = &c->sites[c->n_sites];
     memset(s, 0, sizeof(*s));
-    s->src_file = n->file;
+    s->src_file = c->path ? c->path : "(config)";
     s->src_line = n->line;
     c->n_sites++; /* counted now so conf_free releases a partly loaded site */
     if (conf_apply(n, site_schema, MS_ARRAY_LEN(site_schema), "sites[]", s, err) != 0) {
@@ -248,7 +248,7 @@ static int load_name(conf_t *c, const conf_node_t *n, conf_err_t *err)
 {
     conf_name_t *nm = &c->names[c->n_names];
     memset(nm, 0, sizeof(*nm));
-    nm->src_file = n->file;
+    nm->src_file = c->path ? c->path : "(config)";
     nm->src_line = n->line;
     c->n_names++;
     if (conf_apply(n, name_schema, MS_ARRAY_LEN(name_schema), "names[]", nm, err) != 0) {

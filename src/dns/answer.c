@@ -567,6 +567,46 @@ static bool has_additional(uint16_t type)
     return type == RR_NS || type == RR_MX || type == RR_SRV || type == RR_SVCB || type == RR_HTTPS;
 }
 
+/* A load-balanced name: the pre-rendered A/AAAA RRsets of the available sites; other types
+ * come from the zone's data at that name, if any (NODATA otherwise: the name exists). */
+static void answer_lb(ctx_t *c, const snap_lb_t *lb, owner_t ow)
+{
+    uint16_t qt = c->q->qtype;
+    zone_rrset_t rs;
+    if (qt == RR_A || qt == RR_AAAA || qt == RR_ANY) {
+        if (lb->servfail) {
+            c->rcode = RCODE_SERVFAIL; /* no site available, and the name says so */
+            c->aa = false;
+            return;
+        }
+        const uint8_t *blob = qt == RR_AAAA ? lb->aaaa : lb->a;
+        if (!blob && qt == RR_ANY) {
+            blob = lb->aaaa;
+        }
+        if (blob) {
+            rs.p = blob;
+            if (!put_rrset(c->r, SEC_AN, ow, rs, zone_rrset_ttl(rs))) {
+                c->r->tc = true;
+            }
+            return;
+        }
+        put_soa_negative(c);
+        return;
+    }
+    const zone_node_t *n = zone_lookup(c->zone, lb->name, lb->name_len);
+    if (n && zone_node_find(n, qt, &rs)) {
+        if (!put_rrset(c->r, SEC_AN, ow, rs, zone_rrset_ttl(rs))) {
+            c->r->tc = true;
+            return;
+        }
+        if (has_additional(qt)) {
+            put_additional(c, rs, NULL);
+        }
+        return;
+    }
+    put_soa_negative(c);
+}
+
 static void answer_in(ctx_t *c)
 {
     const query_t *q = c->q;
@@ -586,6 +626,13 @@ static void answer_in(ctx_t *c)
     uint8_t chain_names[2][DNS_MAX_NAME];
     owner_t ow = {HDR, NULL, 0}; /* the question's name: a pointer to it */
     for (int link = 0; link <= MAX_CHAIN; link++) {
+        if (MS_UNLIKELY(c->snap->n_lb != 0)) {
+            const snap_lb_t *lb = snap_lb_find(c->snap, name, len);
+            if (lb && lb->zone == c->zone) {
+                answer_lb(c, lb, ow);
+                return;
+            }
+        }
         lookup_t lk = lookup(c->zone, name, len, q->qtype);
         if (lk.kind == LK_DELEG) {
             /* A referral; after a CNAME the answer stays authoritative for the CNAME and

@@ -12,6 +12,12 @@ typedef struct {
     struct rcu_head rcu;
 } snap_box_t;
 
+struct snap_shared {
+    unsigned refs; /* atomic: call_rcu frees snapshots on liburcu's own thread */
+    conf_t *conf;
+    zone_db_t *zones;
+};
+
 static snap_t *current;
 static uint64_t generation;
 
@@ -41,12 +47,189 @@ static int parse_nsid(const char *s, uint8_t *out, size_t cap, size_t *len)
     return 0;
 }
 
+/* ---- load-balanced names ---- */
+
+/* Render one RRset blob (zone.h layout) of the addresses of the sites in `set` with family
+ * `af`, in the name's configured site order. NULL if there are none. */
+static uint8_t *render_rrset(const conf_t *c, const conf_name_t *nm, uint64_t set, int af,
+                             uint32_t ttl)
+{
+    uint16_t cnt = 0;
+    size_t rdlen = af == AF_INET ? 4 : 16;
+    for (size_t i = 0; i < nm->n_sites; i++) {
+        const conf_site_t *site = &c->sites[nm->sites[i]];
+        if (!(set & (1ull << nm->sites[i]))) {
+            continue;
+        }
+        for (size_t k = 0; k < site->addrs.n; k++) {
+            cnt += site->addrs.v[k].sa.sa_family == af;
+        }
+    }
+    if (cnt == 0) {
+        return NULL;
+    }
+    uint8_t *blob = xmalloc(8 + (size_t)cnt * (2 + rdlen));
+    wr_u16(blob, af == AF_INET ? RR_A : RR_AAAA);
+    wr_u16(blob + 2, cnt);
+    wr_u32(blob + 4, ttl);
+    uint8_t *p = blob + 8;
+    for (size_t i = 0; i < nm->n_sites; i++) {
+        const conf_site_t *site = &c->sites[nm->sites[i]];
+        if (!(set & (1ull << nm->sites[i]))) {
+            continue;
+        }
+        for (size_t k = 0; k < site->addrs.n; k++) {
+            const net_addr_t *a = &site->addrs.v[k];
+            if (a->sa.sa_family != af) {
+                continue;
+            }
+            wr_u16(p, (uint16_t)rdlen);
+            memcpy(p + 2,
+                   af == AF_INET ? (const void *)&a->sin.sin_addr
+                                 : (const void *)&a->sin6.sin6_addr,
+                   rdlen);
+            p += 2 + rdlen;
+        }
+    }
+    return blob;
+}
+
+static void render_lb(const conf_t *c, snap_lb_t *lb, const snap_state_t *st, uint64_t last)
+{
+    const conf_name_t *nm = lb->conf;
+    uint64_t up = 0, all = 0;
+    for (size_t i = 0; i < nm->n_sites; i++) {
+        size_t si = nm->sites[i];
+        all |= 1ull << si;
+        if (!st || !st->site_up || st->site_up[si]) {
+            up |= 1ull << si;
+        }
+    }
+    lb->servfail = false;
+    lb->last_set = up ? up : last;
+    uint64_t set = up;
+    if (!up) {
+        switch (nm->fallback) {
+        case CONF_FALLBACK_LAST: set = last ? last : all; break;
+        case CONF_FALLBACK_SERVFAIL: lb->servfail = true; break;
+        default: set = all; break;
+        }
+    }
+    lb->answer_set = set;
+    lb->a = render_rrset(c, nm, set, AF_INET, nm->ttl);
+    lb->aaaa = render_rrset(c, nm, set, AF_INET6, nm->ttl);
+}
+
+static void lb_free_all(snap_t *s)
+{
+    for (size_t i = 0; i < s->n_lb; i++) {
+        free(s->lb[i].a);
+        free(s->lb[i].aaaa);
+    }
+    free(s->lb);
+    free(s->lb_table);
+    s->lb = NULL;
+    s->lb_table = NULL;
+    s->n_lb = 0;
+}
+
+/* Resolve every load-balanced name to its zone and check it against the zone's data. */
+static int lb_setup(snap_t *s, char *err, size_t errlen)
+{
+    const conf_t *c = s->conf;
+    if (c->n_names == 0) {
+        return 0;
+    }
+    if (c->n_sites > 64) {
+        snprintf(err, errlen, "%s: at most 64 sites are supported", c->path ? c->path : "");
+        return MS_ECONF;
+    }
+    s->lb = xcalloc(c->n_names, sizeof(*s->lb));
+    size_t tsize = 16;
+    while (tsize < c->n_names * 2) {
+        tsize <<= 1;
+    }
+    s->lb_table = xcalloc(tsize, sizeof(*s->lb_table));
+    s->lb_mask = (uint32_t)(tsize - 1);
+    for (size_t i = 0; i < c->n_names; i++) {
+        const conf_name_t *nm = &c->names[i];
+        snap_lb_t *lb = &s->lb[i];
+        s->n_lb++;
+        lb->conf = nm;
+        size_t len = dname_from_str(nm->name, lb->name, sizeof(lb->name));
+        if (len == 0) {
+            snprintf(err, errlen, "%s:%d: names[%s]: not a valid domain name", nm->src_file,
+                     nm->src_line, nm->name);
+            return MS_ECONF;
+        }
+        lb->name_len = (uint8_t)len;
+        lb->hash = zone_name_hash(lb->name, len);
+        /* The longest zone apex that is a suffix of the name. */
+        const zone_t *best = NULL;
+        for (size_t k = 0; k < zone_db_count(s->zones); k++) {
+            const zone_t *z = zone_db_get(s->zones, k);
+            size_t al = zone_apex_len(z);
+            if (al <= len && memcmp(lb->name + len - al, zone_apex(z), al) == 0 &&
+                (!best || al > zone_apex_len(best))) {
+                size_t off = 0;
+                while (off < len - al) {
+                    off += (size_t)lb->name[off] + 1;
+                }
+                if (off == len - al) {
+                    best = z;
+                }
+            }
+        }
+        if (!best) {
+            snprintf(err, errlen, "%s:%d: names[%s]: not inside any configured zone", nm->src_file,
+                     nm->src_line, nm->name);
+            return MS_ECONF;
+        }
+        lb->zone = best;
+        const zone_node_t *n = zone_lookup(best, lb->name, len);
+        zone_rrset_t rs;
+        if (n && (zone_node_find(n, RR_A, &rs) || zone_node_find(n, RR_AAAA, &rs) ||
+                  (n->flags & ZN_CNAME))) {
+            snprintf(err, errlen,
+                     "%s:%d: names[%s]: the zone also has A, AAAA or CNAME records for this "
+                     "name; a load-balanced name gets its addresses from its sites only",
+                     nm->src_file, nm->src_line, nm->name);
+            return MS_ECONF;
+        }
+        if (n && (n->flags & (ZN_DELEG | ZN_BELOW_CUT))) {
+            snprintf(err, errlen, "%s:%d: names[%s]: at or below a delegation", nm->src_file,
+                     nm->src_line, nm->name);
+            return MS_ECONF;
+        }
+        uint32_t b = lb->hash & s->lb_mask;
+        lb->next = s->lb_table[b];
+        s->lb_table[b] = lb;
+    }
+    return 0;
+}
+
+const snap_lb_t *snap_lb_find(const snap_t *s, const uint8_t *lname, size_t len)
+{
+    if (!s->n_lb) {
+        return NULL;
+    }
+    uint32_t h = zone_name_hash(lname, len);
+    for (const snap_lb_t *lb = s->lb_table[h & s->lb_mask]; lb; lb = lb->next) {
+        if (lb->hash == h && lb->name_len == len && memcmp(lb->name, lname, len) == 0) {
+            return lb;
+        }
+    }
+    return NULL;
+}
+
 int snap_build(conf_t *conf, snap_t **out, char *err, size_t errlen)
 {
     snap_box_t *box = xcalloc(1, sizeof(*box));
     snap_t *s = &box->pub;
-    s->conf = conf;
-    s->zones = zone_db_new();
+    s->shared = xcalloc(1, sizeof(*s->shared));
+    s->shared->refs = 1;
+    s->shared->conf = s->conf = conf;
+    s->shared->zones = s->zones = zone_db_new();
     s->udp_max = (uint16_t)conf->udp_max_payload;
     size_t nl = 0;
     if (parse_nsid(conf->nsid ? conf->nsid : "", s->nsid, sizeof(s->nsid), &nl) != 0) {
@@ -74,9 +257,41 @@ int snap_build(conf_t *conf, snap_t **out, char *err, size_t errlen)
                  conf->zones[i].file, zone_rr_count(z), zone_node_count(z),
                  zone_mem_bytes(z) / 1024);
     }
+    int rc = lb_setup(s, err, errlen);
+    if (rc != 0) {
+        snap_free(s);
+        return rc;
+    }
+    for (size_t i = 0; i < s->n_lb; i++) {
+        render_lb(s->conf, &s->lb[i], NULL, 0);
+    }
     s->generation = ++generation;
     *out = s;
     return 0;
+}
+
+snap_t *snap_derive(const snap_t *cur, const snap_state_t *st)
+{
+    snap_box_t *box = xcalloc(1, sizeof(*box));
+    snap_t *s = &box->pub;
+    memcpy(s->nsid, cur->nsid, sizeof(s->nsid));
+    s->nsid_len = cur->nsid_len;
+    s->udp_max = cur->udp_max;
+    s->shared = cur->shared;
+    __atomic_fetch_add(&s->shared->refs, 1, __ATOMIC_RELAXED);
+    s->conf = cur->conf;
+    s->zones = cur->zones;
+    char err[512];
+    if (lb_setup(s, err, sizeof(err)) != 0) {
+        /* cur passed the same checks with the same config and zones */
+        log_err("snapshot: %s", err);
+        abort();
+    }
+    for (size_t i = 0; i < s->n_lb; i++) {
+        render_lb(s->conf, &s->lb[i], st, i < cur->n_lb ? cur->lb[i].last_set : 0);
+    }
+    s->generation = ++generation;
+    return s;
 }
 
 void snap_free(snap_t *s)
@@ -84,8 +299,12 @@ void snap_free(snap_t *s)
     if (!s) {
         return;
     }
-    zone_db_free(s->zones);
-    conf_free(s->conf);
+    lb_free_all(s);
+    if (s->shared && __atomic_sub_fetch(&s->shared->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        zone_db_free(s->shared->zones);
+        conf_free(s->shared->conf);
+        free(s->shared);
+    }
     free((snap_box_t *)s);
 }
 

@@ -12,19 +12,55 @@
 #include "conf/conf.h"
 #include "zone/zone.h"
 
+/* A load-balanced name, pre-rendered: the A and AAAA RRsets of the sites available now, in
+ * answer order, in the zone store's RRset format (zone_rrset_t), so answering one costs
+ * what answering a static name costs. Rebuilt whenever site state changes. */
+typedef struct snap_lb {
+    struct snap_lb *next; /* hash chain */
+    uint32_t hash;
+    uint8_t name_len;
+    uint8_t name[DNS_MAX_NAME]; /* lower-cased wire name */
+    const zone_t *zone;
+    const conf_name_t *conf;
+    uint8_t *a;          /* RRset blob or NULL (no IPv4 address among the answer's sites) */
+    uint8_t *aaaa;       /* same for IPv6 */
+    bool servfail;       /* no site available and fallback servfail */
+    uint64_t last_set;   /* bit i = conf site i in the last non-empty available set */
+    uint64_t answer_set; /* the sites in the answer now */
+} snap_lb_t;
+
+/* The inputs a snapshot's answers depend on, besides config and zones. */
+typedef struct {
+    const bool *site_up; /* conf->n_sites entries; NULL: every site up */
+} snap_state_t;
+
+typedef struct snap_shared snap_shared_t; /* config + zones, shared between snapshots */
+
 typedef struct snap {
     conf_t *conf;
     zone_db_t *zones;
+    snap_shared_t *shared;
     uint8_t nsid[128]; /* NSID option payload; nsid_len 0 = NSID off */
     uint16_t nsid_len;
     uint16_t udp_max; /* our UDP payload size (conf udp-max-payload) */
     uint64_t generation;
+    snap_lb_t *lb; /* n_lb entries, conf->names order */
+    size_t n_lb;
+    snap_lb_t **lb_table;
+    uint32_t lb_mask;
 } snap_t;
 
-/* Build a snapshot from a config: loads every zone. Takes ownership of conf in all cases.
- * On error returns MS_ECONF/MS_EPARSE/MS_EIO and writes "file:line: reason" to err. */
+/* Build a snapshot from a config: loads every zone, checks and renders the load-balanced
+ * names (every site up). Takes ownership of conf in all cases. On error returns
+ * MS_ECONF/MS_EPARSE/MS_EIO and writes "file:line: reason" to err. */
 int snap_build(conf_t *conf, snap_t **out, char *err, size_t errlen) MS_WUR;
+/* A new snapshot sharing cur's config and zones, with the load-balanced names rendered for
+ * state st (main thread). "last" fallbacks remember cur's last available sets. */
+snap_t *snap_derive(const snap_t *cur, const snap_state_t *st);
 void snap_free(snap_t *s);
+
+/* The load-balanced name `lname` (lower-cased wire, len bytes), or NULL. */
+const snap_lb_t *snap_lb_find(const snap_t *s, const uint8_t *lname, size_t len);
 
 /* Publish s as the current snapshot (main thread only). The previous one is freed after
  * every reader has left its read-side section. */
