@@ -23,17 +23,19 @@ static char *write_file(const char *name, const char *text)
     return p;
 }
 
-#define CONF_FMT "server:\n  listen: 127.0.0.1:1\n"
-"zones:\n  - origin: example.com\n    file: example.com.zone\n"
-    "sites:\n"
-    "  - name: eu\n    addresses: [192.0.2.10, \"2001:db8::10\"]\n    web-servers: [127.0.0.1:1]\n"
-    "  - name: us\n    addresses: [198.51.100.10]\n    web-servers: [127.0.0.1:2]\n"
-    "  - name: ap\n    addresses: [203.0.113.10, 203.0.113.11]\n    web-servers: [127.0.0.1:3]\n"
-    "names:\n"
+#define CONF_FMT                                                                                   \
+    "server:\n  listen: 127.0.0.1:1\n"                                                             \
+    "zones:\n  - origin: example.com\n    file: example.com.zone\n"                                \
+    "sites:\n"                                                                                     \
+    "  - name: eu\n    addresses: [192.0.2.10, \"2001:db8::10\"]\n"                                \
+    "    web-servers: [127.0.0.1:1]\n"                                                             \
+    "  - name: us\n    addresses: [198.51.100.10]\n    web-servers: [127.0.0.1:2]\n"               \
+    "  - name: ap\n    addresses: [203.0.113.10, 203.0.113.11]\n"                                  \
+    "    web-servers: [127.0.0.1:3]\n"                                                             \
+    "names:\n"                                                                                     \
     "  - name: %s\n    sites: [us, eu, ap]\n    ttl: 20\n    fallback: %s\n"
 
-    static snap_t *
-    build(const char *name, const char *fallback, char *err, size_t errlen)
+static snap_t *build(const char *name, const char *fallback, char *err, size_t errlen)
 {
     char text[2048];
     snprintf(text, sizeof(text), CONF_FMT, name, fallback);
