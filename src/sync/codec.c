@@ -485,6 +485,10 @@ int sync_decode(const uint8_t *data, size_t len, arena_t *a, sync_msg_t *out, co
         *why = "unsupported protocol version";
         return MS_EPARSE;
     }
+    if (rd_u16(data + 6) != 0) {
+        *why = "reserved flags set";
+        return MS_EPARSE;
+    }
     uint32_t blen = rd_u32(data + 8);
     if (blen != len - SYNC_HDR_LEN || blen > SYNC_MAX_MSG) {
         *why = "length field does not match the message";
