@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -34,8 +35,9 @@ typedef struct {
     pthread_t tid;
     bool started;
     bool is_tcp;
-    int fd;    /* UDP socket */
-    int *lfds; /* TCP listening sockets */
+    bool pktinfo; /* bound to a wildcard address: reply from the address asked */
+    int fd;       /* UDP socket */
+    int *lfds;    /* TCP listening sockets */
     size_t n_lfds;
     dns_stats_t stats;
 } worker_t;
@@ -88,8 +90,12 @@ static int open_socket(const net_addr_t *a, int type)
 
 /* ---- UDP ---- */
 
+#define CMSG_SPACE_MAX 128
+
 typedef struct {
     struct mmsghdr in[BATCH];
+    uint8_t in_ctl[BATCH][CMSG_SPACE_MAX];
+    uint8_t out_ctl[BATCH][CMSG_SPACE_MAX];
     struct mmsghdr out[BATCH];
     struct iovec in_iov[BATCH];
     struct iovec out_iov[BATCH];
@@ -97,6 +103,53 @@ typedef struct {
     uint8_t qbuf[BATCH][UDP_QUERY_MAX];
     uint8_t rbuf[BATCH][UDP_RESP_MAX];
 } udp_bufs_t;
+
+/* On a wildcard socket the reply must leave from the address the query was sent to (a
+ * multi-homed host would otherwise answer from its primary address and the client would
+ * drop it). Copy the destination from IP_PKTINFO / IPV6_PKTINFO into the reply's source. */
+static void set_reply_source(const struct msghdr *in, struct msghdr *out, uint8_t *ctl)
+{
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(in); c; c = CMSG_NXTHDR((struct msghdr *)in, c)) {
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+            struct in_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(c), sizeof(pi));
+            pi.ipi_spec_dst = pi.ipi_addr;
+            pi.ipi_ifindex = 0;
+            out->msg_control = ctl;
+            out->msg_controllen = CMSG_SPACE(sizeof(pi));
+            struct cmsghdr *o = CMSG_FIRSTHDR(out);
+            o->cmsg_level = IPPROTO_IP;
+            o->cmsg_type = IP_PKTINFO;
+            o->cmsg_len = CMSG_LEN(sizeof(pi));
+            memcpy(CMSG_DATA(o), &pi, sizeof(pi));
+            return;
+        }
+        if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+            struct in6_pktinfo pi;
+            memcpy(&pi, CMSG_DATA(c), sizeof(pi));
+            /* Keep the interface only for link-local destinations, where it is needed. */
+            if (!IN6_IS_ADDR_LINKLOCAL(&pi.ipi6_addr)) {
+                pi.ipi6_ifindex = 0;
+            }
+            out->msg_control = ctl;
+            out->msg_controllen = CMSG_SPACE(sizeof(pi));
+            struct cmsghdr *o = CMSG_FIRSTHDR(out);
+            o->cmsg_level = IPPROTO_IPV6;
+            o->cmsg_type = IPV6_PKTINFO;
+            o->cmsg_len = CMSG_LEN(sizeof(pi));
+            memcpy(CMSG_DATA(o), &pi, sizeof(pi));
+            return;
+        }
+    }
+}
+
+static bool is_wildcard(const net_addr_t *a)
+{
+    if (a->sa.sa_family == AF_INET) {
+        return a->sin.sin_addr.s_addr == htonl(INADDR_ANY);
+    }
+    return IN6_IS_ADDR_UNSPECIFIED(&a->sin6.sin6_addr);
+}
 
 static void *udp_main(void *arg)
 {
@@ -113,6 +166,10 @@ static void *udp_main(void *arg)
             b->in[i].msg_hdr.msg_name = &b->addr[i];
             b->in[i].msg_hdr.msg_namelen = sizeof(b->addr[i]);
             b->in[i].msg_hdr.msg_flags = 0;
+            if (w->pktinfo) {
+                b->in[i].msg_hdr.msg_control = b->in_ctl[i];
+                b->in[i].msg_hdr.msg_controllen = CMSG_SPACE_MAX;
+            }
         }
         int n = recvmmsg(w->fd, b->in, BATCH, MSG_WAITFORONE, NULL);
         if (n <= 0) {
@@ -138,6 +195,9 @@ static void *udp_main(void *arg)
             b->out[k].msg_hdr.msg_namelen = b->in[i].msg_hdr.msg_namelen;
             b->out[k].msg_hdr.msg_iov = &b->out_iov[k];
             b->out[k].msg_hdr.msg_iovlen = 1;
+            if (w->pktinfo) {
+                set_reply_source(&b->in[i].msg_hdr, &b->out[k].msg_hdr, b->out_ctl[k]);
+            }
             k++;
         }
         snap_read_unlock();
@@ -417,6 +477,15 @@ int dns_server_start(const conf_t *conf, dns_server_t **out)
                 log_err("cannot listen on UDP %s: %s", net_addr_str(a, ab, sizeof(ab)),
                         strerror(errno));
                 goto fail;
+            }
+            if (is_wildcard(a)) {
+                int one = 1;
+                w->pktinfo = true;
+                if (a->sa.sa_family == AF_INET) {
+                    setsockopt(w->fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof(one));
+                } else {
+                    setsockopt(w->fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof(one));
+                }
             }
         } else {
             w->is_tcp = true;

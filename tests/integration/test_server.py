@@ -193,3 +193,21 @@ def test_quick_mode_without_config(workdir):
         assert r.rcode() == 0 and r.answer
     finally:
         assert srv.stop() == 0
+
+
+def test_wildcard_listen_replies_from_the_address_asked(workdir):
+    """Bound to 0.0.0.0 and ::, a reply must come from the address the query went to
+    (IP_PKTINFO/IPV6_PKTINFO); dnspython drops replies from any other source."""
+    port = free_port()
+    srv = Server("multisited", [MULTISITED, "--zone", f"example.com={ZONES['example.com']}",
+                                "--listen", f"0.0.0.0:{port}", "--listen", f"[::]:{port}"],
+                 port, workdir, ["127.0.0.1"])
+    srv.start()
+    try:
+        srv.wait_ready()
+        for addr in ("127.0.0.2", "127.0.0.3", "::1"):
+            q = dns.message.make_query("web.example.com", "A")
+            r = dns.query.udp(q, addr, port=port, timeout=3)
+            assert r.answer and r.answer[0][0].address == "192.0.2.80", addr
+    finally:
+        assert srv.stop() == 0
