@@ -1478,6 +1478,40 @@ static void test_other_config(void)
     }
 }
 
+/* Names at the 255-byte limit: "ab." + 117 x "a." + "wild.example.com." is 255 bytes in wire
+ * form; the wildcard answers it with the full name as owner. One byte more is FORMERR. */
+static void test_long_names(void)
+{
+    char name[600] = "ab.";
+    for (int i = 0; i < 117; i++) {
+        strcat(name, "a.");
+    }
+    strcat(name, "wild.example.com");
+    uint8_t w[600];
+    TAP_EQ_INT(put_qname(w, name), 255, "test name is 255 bytes in wire form");
+    msg_t m;
+    qp_t q = {name, RR_A, EDNS};
+    bool ok = ask(snap_main, &q, UDP, &m);
+    const rr_t *a = ok ? find_rr(&m, 0, RR_A, 0) : NULL;
+    char want[600];
+    snprintf(want, sizeof(want), "%s.", name);
+    tap_ok(ok && m.rcode == 0 && m.an == 1 && a && strcmp(a->owner, want) == 0,
+           "255-byte name: wildcard answer with the full name as owner");
+    qp_t nx = {name + 3, RR_A};
+    char nxname[600];
+    snprintf(nxname, sizeof(nxname), "x.%s", name + 3);
+    nxname[strlen(nxname) - strlen("wild.example.com")] = 0;
+    strcat(nxname, "nope.example.com");
+    nx.name = nxname;
+    ok = ask(snap_main, &nx, UDP, &m);
+    tap_ok(ok && m.rcode == RCODE_NXDOMAIN && m.ns == 1, "long name: NXDOMAIN with SOA");
+    char longer[600];
+    snprintf(longer, sizeof(longer), "b%s", name);
+    qp_t tl = {longer, RR_A};
+    ok = ask(snap_main, &tl, UDP, &m);
+    tap_ok(resp_len > 0 && m.rcode == RCODE_FORMERR, "256-byte name: FORMERR");
+}
+
 int main(void)
 {
     log_init("test_dns", false, LOG_LVL_ERR);
@@ -1490,6 +1524,7 @@ int main(void)
     test_table();
     test_raw();
     test_compression();
+    test_long_names();
     test_other_config();
     snap_free(snap_main);
     free(resp);
