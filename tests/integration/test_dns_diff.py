@@ -1145,3 +1145,88 @@ def test_mutated_queries(knot, ours):
     assert ours.alive()
     assert not bad, f"{sum(v[0] for v in bad.values())} of {seen} differ (knot, ours): count, " \
         "example packet\n" + "\n".join(f"{kk}: {v[0]}, {v[1]}" for kk, v in bad.items())
+
+
+# --------------------------------------------------------------------------------------
+# Under concurrent load (several UDP sockets with 64 queries in flight each, and many TCP
+# connections pipelining at once), every reply must be byte-for-byte the reply the same query
+# gets on a quiet server, apart from the id: catches shared buffers, batch mix-ups
+# (recvmmsg/sendmmsg) and replies sent to the wrong client.
+
+def _load_msgs():
+    """The table's UDP queries as wire bodies without the id."""
+    return [c.message().to_wire()[2:] for c in CASES if not c.tcp and c.opcode is None]
+
+
+def _udp_load(srv, bodies, ref, rounds, inflight, errors):
+    import itertools
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(TIMEOUT)
+    s.connect((srv.addr, srv.port))
+    qid = itertools.count(1)
+    try:
+        for _ in range(rounds):
+            sent = {}
+            for _ in range(inflight):
+                i = next(qid) & 0xFFFF
+                b = bodies[i % len(bodies)]
+                sent[i] = i % len(bodies)
+                s.send(struct.pack(">H", i) + b)
+            while sent:
+                d = s.recv(65535)
+                i = struct.unpack(">H", d[:2])[0]
+                j = sent.pop(i, None)
+                if j is None:
+                    errors.append(f"unexpected reply id {i}")
+                elif d[2:] != ref[j]:
+                    errors.append(f"query {j}: reply differs from the quiet one")
+    except socket.timeout:
+        errors.append(f"timeout with {len(sent)} replies missing")
+    finally:
+        s.close()
+
+
+def test_concurrent_consistency(ours):
+    import threading
+    bodies = _load_msgs()
+    ref = []
+    for b in bodies:  # quiet references, one at a time
+        ref.append(_raw_reply(ours, b"\x00\x00" + b)[2:])
+    errors = []
+    threads = [threading.Thread(target=_udp_load, args=(ours, bodies, ref, 60, 64, errors))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    # TCP at the same time: 40 connections, each pipelining 30 queries in one write.
+    tcp_errors = []
+
+    def tcp_conn(n):
+        try:
+            msgs = [struct.pack(">H", k) + bodies[(n + k) % len(bodies)] for k in range(30)]
+            with socket.create_connection((ours.addr, ours.port), timeout=TIMEOUT) as c:
+                c.sendall(b"".join(struct.pack(">H", len(m)) + m for m in msgs))
+                for k in range(30):
+                    ln = struct.unpack(">H", _recv_exact(c, 2))[0]
+                    d = _recv_exact(c, ln)
+                    j = (n + k) % len(bodies)
+                    if struct.unpack(">H", d[:2])[0] != k:
+                        tcp_errors.append(f"tcp {n}: reply {k} has id {d[:2].hex()}")
+                    elif d[2:] != ref_tcp[j]:
+                        tcp_errors.append(f"tcp {n}: query {j} reply differs from quiet one")
+        except (OSError, EOFError) as e:
+            tcp_errors.append(f"tcp {n}: {e!r}")
+
+    ref_tcp = []
+    for b in bodies:
+        with socket.create_connection((ours.addr, ours.port), timeout=TIMEOUT) as c:
+            c.sendall(struct.pack(">H", len(b) + 2) + b"\x00\x00" + b)
+            ln = struct.unpack(">H", _recv_exact(c, 2))[0]
+            ref_tcp.append(_recv_exact(c, ln)[2:])
+    tt = [threading.Thread(target=tcp_conn, args=(n,)) for n in range(40)]
+    for t in tt:
+        t.start()
+    for t in threads + tt:
+        t.join(60)
+    assert not errors, f"{len(errors)} UDP problems, e.g. {errors[:5]}"
+    assert not tcp_errors, f"{len(tcp_errors)} TCP problems, e.g. {tcp_errors[:5]}"
+    assert ours.alive()
