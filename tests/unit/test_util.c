@@ -194,7 +194,7 @@ static void test_buf(void)
     }
     bool ok = b.len == 10 + 3000 && b.cap > b.len && b.data[b.len] == 0;
     for (int i = 0; i < 1000 && ok; i++) {
-        char want[4];
+        char want[16];
         snprintf(want, sizeof(want), "%03d", i);
         ok = memcmp(b.data + 10 + 3 * i, want, 3) == 0;
     }
