@@ -47,7 +47,8 @@ static const conf_opt_t zone_schema[] = {
 void conf_print_schema_table(FILE *f, const char *section, const conf_opt_t *schema, size_t n);
 /* sites.c */
 void conf_print_sites_schema(FILE *f);
-int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *names, conf_err_t *err);
+int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *names,
+                    const conf_node_t *hb, conf_err_t *err);
 void conf_free_sites(conf_t *c);
 
 void conf_print_schema(FILE *f)
@@ -161,7 +162,8 @@ int conf_load(const char *path, conf_t **out, conf_err_t *err)
     conf_t *c = xcalloc(1, sizeof(*c));
     c->path = xstrdup(path);
     /* "sync" belongs to multisite-syncd, which reads the same file with its own schema. */
-    static const char *const sections[] = {"server", "zones", "sites", "names", "sync"};
+    static const char *const sections[] = {"server", "zones",     "sites",
+                                           "names",  "heartbeat", "sync"};
     for (size_t i = 0; i < root->n; i++) {
         bool known = false;
         for (size_t j = 0; j < MS_ARRAY_LEN(sections); j++) {
@@ -170,7 +172,8 @@ int conf_load(const char *path, conf_t **out, conf_err_t *err)
         if (!known) {
             conf_node_t at = *root->items[i];
             at.line = root->key_lines[i];
-            conf_errf(err, &at, "unknown section '%s' (known: server, zones, sites, names, sync)",
+            conf_errf(err, &at,
+                      "unknown section '%s' (known: server, zones, sites, names, heartbeat, sync)",
                       root->keys[i]);
             goto fail;
         }
@@ -185,7 +188,8 @@ int conf_load(const char *path, conf_t **out, conf_err_t *err)
     if (load_zones(c, conf_map_get(root, "zones"), err) != 0) {
         goto fail;
     }
-    if (conf_load_sites(c, conf_map_get(root, "sites"), conf_map_get(root, "names"), err) != 0) {
+    if (conf_load_sites(c, conf_map_get(root, "sites"), conf_map_get(root, "names"),
+                        conf_map_get(root, "heartbeat"), err) != 0) {
         goto fail;
     }
     conf_doc_free(doc);

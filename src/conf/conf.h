@@ -126,10 +126,20 @@ typedef struct {
     unsigned interval_ms, timeout_ms;
 } conf_lb_t;
 
+enum {
+    CONF_MONITOR_AUTO = 0,
+    CONF_MONITOR_PROBE = 1,
+    CONF_MONITOR_HEARTBEAT = 2,
+    CONF_MONITOR_BOTH = 3
+};
+extern const char *const conf_monitors[]; /* "auto", "probe", "heartbeat", "both" */
+
 typedef struct {
     char *name;
-    conf_addrs_t addrs; /* answer addresses (v4 and/or v6; ports ignored) */
-    unsigned min_web;   /* k of n web servers must be up */
+    conf_addrs_t addrs;    /* answer addresses (v4 and/or v6; ports ignored) */
+    conf_addrs_t hb_peers; /* heartbeat addresses of this site's multisited instances */
+    unsigned monitor;      /* CONF_MONITOR_*; AUTO resolved at load (see sites.c) */
+    unsigned min_web;      /* k of n web servers must be up */
     conf_web_t *web;
     size_t n_web;
     conf_check_t web_check;
@@ -142,17 +152,34 @@ typedef struct {
 } conf_site_t;
 
 enum { CONF_FALLBACK_ALL = 0, CONF_FALLBACK_LAST = 1, CONF_FALLBACK_SERVFAIL = 2 };
-extern const char *const conf_fallbacks[]; /* "all", "last", "servfail" */
+enum { CONF_PARTITION_AVAILABILITY = 0, CONF_PARTITION_SAFETY = 1 };
+extern const char *const conf_partitions[]; /* "availability", "safety" */
+extern const char *const conf_fallbacks[];  /* "all", "last", "servfail" */
 
 typedef struct {
     char *name;    /* as written */
     size_t *sites; /* indices into conf_t.sites, in the configured order */
     size_t n_sites;
     unsigned ttl;
-    unsigned fallback; /* CONF_FALLBACK_* when no site is available */
+    unsigned fallback;  /* CONF_FALLBACK_* when no site is available */
+    unsigned partition; /* CONF_PARTITION_*: heartbeat and probe of a remote site disagree */
     const char *src_file;
     int src_line;
 } conf_name_t;
+
+/* heartbeat: this multisited's identity among the sites, and the heartbeat protocol. */
+typedef struct {
+    bool enabled;         /* the section is present */
+    char *self;           /* the site this multisited belongs to */
+    size_t self_site;     /* its index in conf_t.sites */
+    char *id;             /* sender id, unique per multisited (default: host name) */
+    conf_addrs_t listen;  /* UDP addresses heartbeats are received on */
+    char *key_file;       /* pre-shared keys (multisited keygen), mode 0600 */
+    unsigned interval_ms; /* time between heartbeats to each peer */
+    unsigned period_ms;   /* a remote site needs a valid heartbeat in each period... */
+    unsigned periods;     /* ...of the last N periods */
+    unsigned max_skew_ms; /* heartbeats whose timestamp is further off are rejected */
+} conf_hb_t;
 
 typedef struct conf {
     char *path; /* the config file, NULL in quick mode */
@@ -176,6 +203,7 @@ typedef struct conf {
     size_t n_sites;
     conf_name_t *names;
     size_t n_names;
+    conf_hb_t hb;
 } conf_t;
 
 extern const char *const conf_log_levels[]; /* "error", "warning", "info", "debug" */

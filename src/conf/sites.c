@@ -5,9 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 const char *const conf_probe_types[] = {"tcp", "http", "https", NULL};
 const char *const conf_fallbacks[] = {"all", "last", "servfail", NULL};
+const char *const conf_monitors[] = {"auto", "probe", "heartbeat", "both", NULL};
+const char *const conf_partitions[] = {"availability", "safety", NULL};
 
 /* Probe defaults: a 1 s interval with rise 2 / fall 2 reacts in ~2 s to a silent failure;
  * refused connections are re-probed at once (health module), so a dead web server is seen
@@ -74,6 +77,12 @@ static const conf_opt_t site_schema[] = {
     {"name", CONF_T_STR, offsetof(conf_site_t, name), 0, 0, NULL, NULL, "site name (required)"},
     {"addresses", CONF_T_ADDRS, offsetof(conf_site_t, addrs), 0, 0, NULL, NULL,
      "the addresses DNS answers give for this site, IPv4 and/or IPv6 (required)"},
+    {"heartbeat-peers", CONF_T_ADDRS, offsetof(conf_site_t, hb_peers), 5400, 0, NULL, NULL,
+     "heartbeat addresses (ADDR:PORT) of this site's multisited instances"},
+    {"monitor", CONF_T_ENUM, offsetof(conf_site_t, monitor), 0, 0, "auto", conf_monitors,
+     "how a remote site's availability is known: probe (our own probes), heartbeat (its "
+     "multisited's heartbeats), both (two signals; see names[].partition), or auto "
+     "(heartbeat when it has heartbeat-peers, else probe); the own site is always probed"},
     {"min-web-up", CONF_T_UINT, offsetof(conf_site_t, min_web), 0, 1000, "1", NULL,
      "the site is up only if at least this many web servers are up"},
     {"web-servers", CONF_T_CUSTOM, 0, 0, 0, NULL, NULL,
@@ -89,9 +98,33 @@ static const conf_opt_t name_schema[] = {
      "the load-balanced name, inside a configured zone (required)"},
     {"sites", CONF_T_CUSTOM, 0, 0, 0, NULL, NULL, "site names in the preferred order (required)"},
     {"ttl", CONF_T_UINT, offsetof(conf_name_t, ttl), 0, 86400, "30", NULL, "TTL of the answers"},
+    {"partition", CONF_T_ENUM, offsetof(conf_name_t, partition), 0, 0, "availability",
+     conf_partitions,
+     "a remote site with monitor both whose heartbeats stop while our probes still reach it "
+     "(or the reverse): availability keeps answering with it, safety leaves it out"},
     {"fallback", CONF_T_ENUM, offsetof(conf_name_t, fallback), 0, 0, "all", conf_fallbacks,
      "when no site is available: all (every site, configured order), last (the last set that "
      "was available) or servfail"},
+};
+
+/* Heartbeat defaults (issue 4): several heartbeats per period so that one lost packet never
+ * empties a period; N = 3 periods of 500 ms reflect a dead site within 2 s. */
+static const conf_opt_t hb_schema[] = {
+    {"self", CONF_T_STR, offsetof(conf_hb_t, self), 0, 0, NULL, NULL,
+     "the site this multisited belongs to (required)"},
+    {"id", CONF_T_STR, offsetof(conf_hb_t, id), 0, 0, NULL, NULL,
+     "this multisited's sender id, unique among all (default: the host name)"},
+    {"listen", CONF_T_ADDRS, offsetof(conf_hb_t, listen), 5400, 0, NULL, NULL,
+     "UDP ADDR:PORT to receive heartbeats on (required)"},
+    {"key-file", CONF_T_STR, offsetof(conf_hb_t, key_file), 0, 0, NULL, NULL,
+     "pre-shared key file written by `multisited keygen` (required; relative to the config)"},
+    {"interval", CONF_T_DURATION, offsetof(conf_hb_t, interval_ms), 10, 60000, "100ms", NULL,
+     "time between heartbeats to each peer"},
+    {"period", CONF_T_DURATION, offsetof(conf_hb_t, period_ms), 50, 600000, "500ms", NULL,
+     "a remote site is available only with a valid heartbeat in each of the last N periods"},
+    {"periods", CONF_T_UINT, offsetof(conf_hb_t, periods), 1, 100, "3", NULL, "N"},
+    {"max-skew", CONF_T_DURATION, offsetof(conf_hb_t, max_skew_ms), 10, 3600000, "2s", NULL,
+     "heartbeats whose timestamp differs from our clock by more are rejected"},
 };
 
 void conf_print_schema_table(FILE *f, const char *section, const conf_opt_t *schema, size_t n);
@@ -104,6 +137,97 @@ void conf_print_sites_schema(FILE *f)
     conf_print_schema_table(f, "sites[].database", db_schema, MS_ARRAY_LEN(db_schema));
     conf_print_schema_table(f, "sites[].load-balancer", lb_schema, MS_ARRAY_LEN(lb_schema));
     conf_print_schema_table(f, "names[]", name_schema, MS_ARRAY_LEN(name_schema));
+    conf_print_schema_table(f, "heartbeat", hb_schema, MS_ARRAY_LEN(hb_schema));
+}
+
+static char *resolve_rel(const char *conf_path, const char *p)
+{
+    if (p[0] == '/' || !conf_path || !strchr(conf_path, '/')) {
+        return xstrdup(p);
+    }
+    const char *slash = strrchr(conf_path, '/');
+    return xasprintf("%.*s/%s", (int)(slash - conf_path), conf_path, p);
+}
+
+static int load_hb(conf_t *c, const conf_node_t *n, conf_err_t *err)
+{
+    conf_hb_t *hb = &c->hb;
+    if (conf_apply(n, hb_schema, MS_ARRAY_LEN(hb_schema), "heartbeat", hb, err) != 0) {
+        return MS_ECONF;
+    }
+    if (!n) {
+        return 0;
+    }
+    hb->enabled = true;
+    if (!hb->self || !hb->listen.n || !hb->key_file) {
+        conf_errf(err, n, "heartbeat: 'self', 'listen' and 'key-file' are required");
+        return MS_ECONF;
+    }
+    size_t k;
+    for (k = 0; k < c->n_sites && strcmp(c->sites[k].name, hb->self) != 0; k++) {
+    }
+    if (k == c->n_sites) {
+        conf_errf(err, conf_map_get(n, "self"),
+                  "heartbeat.self: site '%s' is not defined under "
+                  "sites:",
+                  hb->self);
+        return MS_ECONF;
+    }
+    hb->self_site = k;
+    if (hb->interval_ms > hb->period_ms) {
+        conf_errf(err, n,
+                  "heartbeat: interval %ums is longer than the period %ums: some periods "
+                  "would see no heartbeat",
+                  hb->interval_ms, hb->period_ms);
+        return MS_ECONF;
+    }
+    char *kf = resolve_rel(c->path, hb->key_file);
+    free(hb->key_file);
+    hb->key_file = kf;
+    if (!hb->id) {
+        char host[256];
+        if (gethostname(host, sizeof(host) - 1) != 0) {
+            snprintf(host, sizeof(host), "multisited");
+        }
+        host[sizeof(host) - 1] = '\0';
+        hb->id = xstrdup(host);
+    }
+    return 0;
+}
+
+/* Resolve monitor: auto for each site, and check it against the heartbeat section. */
+static int check_monitors(conf_t *c, conf_err_t *err)
+{
+    for (size_t i = 0; i < c->n_sites; i++) {
+        conf_site_t *s = &c->sites[i];
+        bool self = c->hb.enabled && c->hb.self_site == i;
+        if (s->monitor == CONF_MONITOR_AUTO) {
+            s->monitor = (!self && c->hb.enabled && s->hb_peers.n) ? CONF_MONITOR_HEARTBEAT
+                                                                   : CONF_MONITOR_PROBE;
+        }
+        if (self) {
+            s->monitor = CONF_MONITOR_PROBE; /* our own site: we probe it and tell the others */
+        }
+        if ((s->monitor == CONF_MONITOR_HEARTBEAT || s->monitor == CONF_MONITOR_BOTH) &&
+            (!c->hb.enabled || !s->hb_peers.n)) {
+            conf_node_t at = {.file = s->src_file, .line = s->src_line};
+            conf_errf(err, &at,
+                      "sites[%s]: monitor %s needs a heartbeat: section and this "
+                      "site's heartbeat-peers",
+                      s->name, conf_monitors[s->monitor]);
+            return MS_ECONF;
+        }
+        if ((s->monitor == CONF_MONITOR_PROBE || s->monitor == CONF_MONITOR_BOTH) &&
+            s->n_web == 0 && !s->has_lb && !s->has_db) {
+            conf_node_t at = {.file = s->src_file, .line = s->src_line};
+            conf_errf(err, &at,
+                      "sites[%s]: nothing to probe: give web-servers, a database or "
+                      "a load-balancer (or monitor: heartbeat)",
+                      s->name);
+            return MS_ECONF;
+        }
+    }
+    return 0;
 }
 
 static int load_web(conf_site_t *s, const conf_node_t *list, conf_err_t *err)
@@ -181,6 +305,9 @@ static int load_site(conf_t *c, const conf_node_t *n, conf_err_t *err)
     }
     if (load_web(s, conf_map_get(n, "web-servers"), err) != 0) {
         return MS_ECONF;
+    }
+    if (!conf_map_get(n, "min-web-up") && s->min_web > s->n_web) {
+        s->min_web = (unsigned)s->n_web; /* default 1, or 0 for a site without web servers */
     }
     if (s->min_web > s->n_web) {
         conf_errf(err, n, "sites[%s]: min-web-up %u is more than its %zu web servers", s->name,
@@ -300,8 +427,10 @@ static int load_name(conf_t *c, const conf_node_t *n, conf_err_t *err)
     return 0;
 }
 
-int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *names, conf_err_t *err);
-int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *names, conf_err_t *err)
+int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *names,
+                    const conf_node_t *hb, conf_err_t *err);
+int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *names,
+                    const conf_node_t *hb, conf_err_t *err)
 {
     if (sites) {
         if (sites->kind != CONF_SEQ) {
@@ -327,7 +456,10 @@ int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *name
             }
         }
     }
-    return 0;
+    if (load_hb(c, hb, err) != 0) {
+        return MS_ECONF;
+    }
+    return check_monitors(c, err);
 }
 
 void conf_free_sites(conf_t *c);
@@ -350,4 +482,5 @@ void conf_free_sites(conf_t *c)
         free(c->names[i].sites);
     }
     free(c->names);
+    conf_release(hb_schema, MS_ARRAY_LEN(hb_schema), &c->hb);
 }
