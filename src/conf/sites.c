@@ -361,13 +361,6 @@ static int load_site(conf_t *c, const conf_node_t *n, conf_err_t *err)
             return MS_ECONF;
         }
     }
-    if (s->n_web == 0 && !s->has_lb && !s->has_db) {
-        conf_errf(err, n,
-                  "sites[%s]: nothing to check: give web-servers, a database or a "
-                  "load-balancer",
-                  s->name);
-        return MS_ECONF;
-    }
     return 0;
 }
 
