@@ -116,7 +116,7 @@ with open(zone, "w") as f:
             "*.wild A 192.0.2.200\nsub NS ns.sub\nns.sub A 192.0.2.53\n")
     for i in range(n):
         f.write(f"h{i} A 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n"
-                f"h{i} AAAA 2001:db8::{i:x}\n")
+                f"h{i} AAAA 2001:db8::{i >> 16:x}:{i & 0xffff:x}\n")
         if i % 10 == 0:
             f.write(f"www{i} CNAME h{i}\n")
 rnd = random.Random(2)
@@ -153,7 +153,7 @@ with open(path, "w") as f:
     # n records: A and AAAA on n/2 names, like a large hosting zone.
     for i in range(n // 2):
         f.write(f"h{i} A 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n"
-                f"h{i} AAAA 2001:db8::{i:x}\n")
+                f"h{i} AAAA 2001:db8::{i >> 16:x}:{i & 0xffff:x}\n")
 EOF
 }
 
@@ -382,7 +382,9 @@ if "ours" in med:
             continue
         print(f"ours/{s:6} qps {o[0] / m[0]:.2f}  latency {o[1] / m[1]:.2f}  "
               f"cpu/query {o[2] / m[2]:.2f}")
-    if "gdnsd" in med and o[2] > med["gdnsd"][2]:
+    if "gdnsd" not in med:
+        print("note: gdnsd not run, the CPU/query floor is not checked")
+    elif o[2] > med["gdnsd"][2]:
         fail.append(f"our CPU/query {o[2]:.2f} us > gdnsd's {med['gdnsd'][2]:.2f} us")
 print(f"rss with {nrec} records: ours {rss_ours / 1024:.1f} MiB, knotd {rss_knot / 1024:.1f} MiB, "
       f"ours/knotd {rss_ours / rss_knot:.2f}")
