@@ -13,7 +13,7 @@ MS_VERSION := 0.1.0
 CC ?= cc
 BUILD ?= build
 O ?= 2
-PKGS := libknot libzscanner liburcu libuv libsodium yaml-0.1 sqlite3 libpq libcurl
+PKGS := libknot libzscanner liburcu libuv libsodium yaml-0.1 sqlite3 libpq libcurl libmicrohttpd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -34,7 +34,7 @@ LIB_SRCS := $(sort $(wildcard src/*/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 LIB := $(BUILD)/libmultisite.a
 
-PROG_SRCS := $(wildcard src/multisited.c src/multisitectl.c src/multisite-syncd.c)
+PROG_SRCS := $(wildcard src/multisited.c src/multisitectl.c src/multisite-syncd.c src/multisite-webapp.c)
 PROGS := $(PROG_SRCS:src/%.c=$(BUILD)/%)
 
 UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
