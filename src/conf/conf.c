@@ -50,6 +50,10 @@ void conf_print_sites_schema(FILE *f);
 int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *names,
                     const conf_node_t *hb, conf_err_t *err);
 void conf_free_sites(conf_t *c);
+/* regions.c */
+int conf_load_regions(conf_t *c, const conf_node_t *regions, const conf_node_t *geoip,
+                      conf_err_t *err);
+void conf_free_regions(conf_t *c);
 
 void conf_print_schema(FILE *f)
 {
@@ -162,8 +166,8 @@ int conf_load(const char *path, conf_t **out, conf_err_t *err)
     conf_t *c = xcalloc(1, sizeof(*c));
     c->path = xstrdup(path);
     /* "sync" belongs to multisite-syncd, which reads the same file with its own schema. */
-    static const char *const sections[] = {"server", "zones",     "sites",
-                                           "names",  "heartbeat", "sync"};
+    static const char *const sections[] = {"server",    "zones",   "sites", "names",
+                                           "heartbeat", "regions", "geoip", "sync"};
     for (size_t i = 0; i < root->n; i++) {
         bool known = false;
         for (size_t j = 0; j < MS_ARRAY_LEN(sections); j++) {
@@ -173,7 +177,8 @@ int conf_load(const char *path, conf_t **out, conf_err_t *err)
             conf_node_t at = *root->items[i];
             at.line = root->key_lines[i];
             conf_errf(err, &at,
-                      "unknown section '%s' (known: server, zones, sites, names, heartbeat, sync)",
+                      "unknown section '%s' (known: server, zones, sites, names, heartbeat, "
+                      "regions, geoip, sync)",
                       root->keys[i]);
             goto fail;
         }
@@ -190,6 +195,10 @@ int conf_load(const char *path, conf_t **out, conf_err_t *err)
     }
     if (conf_load_sites(c, conf_map_get(root, "sites"), conf_map_get(root, "names"),
                         conf_map_get(root, "heartbeat"), err) != 0) {
+        goto fail;
+    }
+    if (conf_load_regions(c, conf_map_get(root, "regions"), conf_map_get(root, "geoip"), err) !=
+        0) {
         goto fail;
     }
     conf_doc_free(doc);
@@ -213,6 +222,7 @@ void conf_free(conf_t *c)
     }
     free(c->zones);
     conf_free_sites(c);
+    conf_free_regions(c);
     free(c->path);
     free(c);
 }

@@ -139,7 +139,9 @@ typedef struct {
     conf_addrs_t addrs;    /* answer addresses (v4 and/or v6; ports ignored) */
     conf_addrs_t hb_peers; /* heartbeat addresses of this site's multisited instances */
     unsigned monitor;      /* CONF_MONITOR_*; AUTO resolved at load (see sites.c) */
-    unsigned min_web;      /* k of n web servers must be up */
+    bool has_location;     /* for geographic distance ordering */
+    double lat, lon;
+    unsigned min_web; /* k of n web servers must be up */
     conf_web_t *web;
     size_t n_web;
     conf_check_t web_check;
@@ -156,16 +158,55 @@ enum { CONF_PARTITION_AVAILABILITY = 0, CONF_PARTITION_SAFETY = 1 };
 extern const char *const conf_partitions[]; /* "availability", "safety" */
 extern const char *const conf_fallbacks[];  /* "all", "last", "servfail" */
 
+/* Ordering policies, applied in the order listed (e.g. locality, then load); the configured
+ * site order breaks the remaining ties. weighted draws the first site per query. */
+enum {
+    CONF_ORDER_STATIC = 0,
+    CONF_ORDER_LOCALITY,
+    CONF_ORDER_LOAD,
+    CONF_ORDER_RTT,
+    CONF_ORDER_WEIGHTED,
+    CONF_ORDER_MAX
+};
+extern const char *const conf_orders[]; /* "static", "locality", "load", "rtt", "weighted" */
+
 typedef struct {
     char *name;    /* as written */
     size_t *sites; /* indices into conf_t.sites, in the configured order */
     size_t n_sites;
+    unsigned order[CONF_ORDER_MAX]; /* CONF_ORDER_* */
+    size_t n_order;
+    unsigned load_tolerance; /* percent: loads closer than this keep their order */
+    unsigned rtt_tolerance_ms;
+    unsigned *weights; /* per entry of sites[] */
     unsigned ttl;
+    unsigned ttl_min;   /* B1: TTL while a site's state may change soon */
     unsigned fallback;  /* CONF_FALLBACK_* when no site is available */
     unsigned partition; /* CONF_PARTITION_*: heartbeat and probe of a remote site disagree */
     const char *src_file;
     int src_line;
 } conf_name_t;
+
+typedef struct {
+    uint8_t family; /* AF_INET or AF_INET6 */
+    uint8_t len;    /* prefix length */
+    uint8_t addr[16];
+} conf_prefix_t;
+
+typedef struct {
+    char *name;
+    conf_prefix_t *subnets;
+    size_t n_subnets;
+    size_t *prefer; /* site indices, nearest first; sites not listed follow */
+    size_t n_prefer;
+    const char *src_file;
+    int src_line;
+} conf_region_t;
+
+typedef struct {
+    char code[8];  /* ISO country code ("DE") or continent code ("EU"), upper case */
+    size_t region; /* index into conf_t.regions */
+} conf_geomap_t;
 
 /* heartbeat: this multisited's identity among the sites, and the heartbeat protocol. */
 typedef struct {
@@ -204,6 +245,13 @@ typedef struct conf {
     conf_name_t *names;
     size_t n_names;
     conf_hb_t hb;
+    /* regions: client subnets -> a preferred site order (locality) */
+    conf_region_t *regions;
+    size_t n_regions;
+    /* geoip: */
+    char *geoip_db;        /* MaxMind GeoIP2/GeoLite2 database file */
+    conf_geomap_t *geomap; /* country or continent code -> region */
+    size_t n_geomap;
 } conf_t;
 
 extern const char *const conf_log_levels[]; /* "error", "warning", "info", "debug" */
@@ -215,6 +263,8 @@ conf_t *conf_new_default(void);
 void conf_add_zone(conf_t *c, const char *origin, const char *file);
 void conf_add_listen(conf_t *c, const net_addr_t *a);
 void conf_free(conf_t *c);
+/* Parse "192.0.2.0/24" or "2001:db8::/32" (host bits must be zero). */
+int conf_parse_prefix(const char *s, conf_prefix_t *out) MS_WUR;
 /* Print the schema (option, type, default, range, help): `multisited --help-config`. */
 void conf_print_schema(FILE *f);
 

@@ -11,6 +11,7 @@ const char *const conf_probe_types[] = {"tcp", "http", "https", NULL};
 const char *const conf_fallbacks[] = {"all", "last", "servfail", NULL};
 const char *const conf_monitors[] = {"auto", "probe", "heartbeat", "both", NULL};
 const char *const conf_partitions[] = {"availability", "safety", NULL};
+const char *const conf_orders[] = {"static", "locality", "load", "rtt", "weighted", NULL};
 
 /* Probe defaults: a 1 s interval with rise 2 / fall 2 reacts in ~2 s to a silent failure;
  * refused connections are re-probed at once (health module), so a dead web server is seen
@@ -83,6 +84,8 @@ static const conf_opt_t site_schema[] = {
      "how a remote site's availability is known: probe (our own probes), heartbeat (its "
      "multisited's heartbeats), both (two signals; see names[].partition), or auto "
      "(heartbeat when it has heartbeat-peers, else probe); the own site is always probed"},
+    {"location", CONF_T_CUSTOM, 0, 0, 0, NULL, NULL,
+     "\"LAT,LON\" in degrees, for geographic distance ordering with a GeoIP database"},
     {"min-web-up", CONF_T_UINT, offsetof(conf_site_t, min_web), 0, 1000, "1", NULL,
      "the site is up only if at least this many web servers are up"},
     {"web-servers", CONF_T_CUSTOM, 0, 0, 0, NULL, NULL,
@@ -273,6 +276,8 @@ static int load_web(conf_site_t *s, const conf_node_t *list, conf_err_t *err)
     return 0;
 }
 
+static int load_location(conf_site_t *s, const conf_node_t *n, conf_err_t *err);
+
 static int load_site(conf_t *c, const conf_node_t *n, conf_err_t *err)
 {
     conf_site_t *s = &c->sites[c->n_sites];
@@ -304,6 +309,9 @@ static int load_site(conf_t *c, const conf_node_t *n, conf_err_t *err)
         return MS_ECONF;
     }
     if (load_web(s, conf_map_get(n, "web-servers"), err) != 0) {
+        return MS_ECONF;
+    }
+    if (load_location(s, n, err) != 0) {
         return MS_ECONF;
     }
     if (!conf_map_get(n, "min-web-up") && s->min_web > s->n_web) {
@@ -364,6 +372,102 @@ static int load_site(conf_t *c, const conf_node_t *n, conf_err_t *err)
     return 0;
 }
 
+static int load_order(conf_name_t *nm, const conf_node_t *n, conf_err_t *err)
+{
+    const conf_node_t *o = conf_map_get(n, "order");
+    if (!o) {
+        nm->order[0] = CONF_ORDER_STATIC;
+        nm->n_order = 1;
+    } else {
+        size_t cnt = o->kind == CONF_SEQ ? o->n : 1;
+        for (size_t i = 0; i < cnt; i++) {
+            const conf_node_t *it = o->kind == CONF_SEQ ? o->items[i] : o;
+            unsigned k = 0;
+            while (it->kind == CONF_SCALAR && conf_orders[k] && strcmp(conf_orders[k], it->value)) {
+                k++;
+            }
+            if (it->kind != CONF_SCALAR || !conf_orders[k]) {
+                conf_errf(err, it,
+                          "names[%s].order: expected static, locality, load, rtt or "
+                          "weighted",
+                          nm->name);
+                return MS_ECONF;
+            }
+            for (size_t j = 0; j < nm->n_order; j++) {
+                if (nm->order[j] == k) {
+                    conf_errf(err, it, "names[%s].order: '%s' listed twice", nm->name,
+                              conf_orders[k]);
+                    return MS_ECONF;
+                }
+            }
+            if (k == CONF_ORDER_WEIGHTED && i + 1 != cnt) {
+                conf_errf(err, it, "names[%s].order: weighted must come last", nm->name);
+                return MS_ECONF;
+            }
+            nm->order[nm->n_order++] = k;
+        }
+    }
+    const conf_node_t *w = conf_map_get(n, "weights");
+    bool weighted = nm->order[nm->n_order - 1] == CONF_ORDER_WEIGHTED;
+    if (weighted != (w != NULL)) {
+        conf_errf(err, w ? w : n,
+                  "names[%s]: 'weights' goes with order weighted, and only with "
+                  "it",
+                  nm->name);
+        return MS_ECONF;
+    }
+    if (w) {
+        if (w->kind != CONF_SEQ || w->n != nm->n_sites) {
+            conf_errf(err, w, "names[%s].weights: expected %zu integers, one per site", nm->name,
+                      nm->n_sites);
+            return MS_ECONF;
+        }
+        nm->weights = xcalloc(nm->n_sites, sizeof(unsigned));
+        for (size_t i = 0; i < w->n; i++) {
+            uint64_t v;
+            if (w->items[i]->kind != CONF_SCALAR || !parse_u64(w->items[i]->value, &v) ||
+                v > 1000000) {
+                conf_errf(err, w->items[i], "names[%s].weights: expected an integer 0..1000000",
+                          nm->name);
+                return MS_ECONF;
+            }
+            nm->weights[i] = (unsigned)v;
+        }
+    }
+    if (nm->ttl_min > nm->ttl) {
+        nm->ttl_min = nm->ttl;
+    }
+    return 0;
+}
+
+static int load_location(conf_site_t *s, const conf_node_t *n, conf_err_t *err)
+{
+    const conf_node_t *l = conf_map_get(n, "location");
+    if (!l) {
+        return 0;
+    }
+    char *end;
+    double lat = 0, lon = 0;
+    if (l->kind == CONF_SCALAR) {
+        lat = strtod(l->value, &end);
+        if (*end == ',') {
+            lon = strtod(end + 1, &end);
+        } else {
+            end = (char *)"x";
+        }
+    } else {
+        end = (char *)"x";
+    }
+    if (*end || lat < -90 || lat > 90 || lon < -180 || lon > 180) {
+        conf_errf(err, l, "sites[%s].location: expected \"LAT,LON\" in degrees", s->name);
+        return MS_ECONF;
+    }
+    s->has_location = true;
+    s->lat = lat;
+    s->lon = lon;
+    return 0;
+}
+
 static int load_name(conf_t *c, const conf_node_t *n, conf_err_t *err)
 {
     conf_name_t *nm = &c->names[c->n_names];
@@ -417,7 +521,7 @@ static int load_name(conf_t *c, const conf_node_t *n, conf_err_t *err)
         conf_errf(err, sl, "names[%s]: 'sites' is empty", nm->name);
         return MS_ECONF;
     }
-    return 0;
+    return load_order(nm, n, err);
 }
 
 int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *names,
@@ -473,6 +577,7 @@ void conf_free_sites(conf_t *c)
     for (size_t i = 0; i < c->n_names; i++) {
         conf_release(name_schema, MS_ARRAY_LEN(name_schema), &c->names[i]);
         free(c->names[i].sites);
+        free(c->names[i].weights);
     }
     free(c->names);
     conf_release(hb_schema, MS_ARRAY_LEN(hb_schema), &c->hb);
