@@ -699,11 +699,11 @@ static void loop_once(agent_t *a)
             rc = conn_write(k);
             why = rc ? "write failed" : NULL;
         }
-        if (rc == 0 && k->state != ST_CONNECTING && now - k->last_rx_ms > DEAD_MS) {
+        if (rc == 0 && k->state != ST_CONNECTING && now > k->last_rx_ms + DEAD_MS) {
             rc = MS_ECLOSED;
             why = "no traffic for 5 s";
         }
-        if (rc == 0 && k->state == ST_READY && now - k->last_tx_ms > IDLE_HEARTBEAT_MS) {
+        if (rc == 0 && k->state == ST_READY && now > k->last_tx_ms + IDLE_HEARTBEAT_MS) {
             sync_enc_heartbeat(&k->msg, 0);
             send_msg(k);
         }

@@ -65,8 +65,9 @@ static bool ident_ok(const char *s)
 
 static int load_peers(sync_conf_t *c, const conf_node_t *n, conf_err_t *err)
 {
-    if (!n) {
-        return 0;
+    if (!n || (n->kind == CONF_SCALAR &&
+               (!n->value || !*n->value || !strcmp(n->value, "~") || !strcmp(n->value, "null")))) {
+        return 0; /* a single site: nothing to sync with yet */
     }
     if (n->kind != CONF_SEQ) {
         conf_errf(err, n, "sync.peers: expected a list");

@@ -1183,6 +1183,11 @@ static int apply_entry(sq_db_t *s, uint32_t origin, const sync_wtable_t *w, wmap
             }
             sync_col_decision_t d =
                 sync_decide_col(&s->base.rules, ck.v[c], e->ver[j], e->base[j], origin);
+            log_debug(
+                "merge %s col %u: local %llu/%u remote %llu/%u base %llu/%u -> take %d conflict %d",
+                t->name, c, (unsigned long long)ck.v[c].hlc, ck.v[c].site,
+                (unsigned long long)e->ver[j].hlc, e->ver[j].site,
+                (unsigned long long)e->base[j].hlc, e->base[j].site, d.take, d.conflict);
             if (d.conflict) {
                 if (log_conflict(s, t, e, (int)c, "column-lww", d.take, ck.v[c], &e->val[j],
                                  e->ver[j]) != 0) {

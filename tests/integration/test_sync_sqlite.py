@@ -1,0 +1,257 @@
+"""Integration tests of multisite-syncd on SQLite: real agents on loopback, real database
+files written by an ordinary application (Python's sqlite3)."""
+
+import os
+import socket
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from sync_harness import Cluster, wait_for  # noqa: E402
+
+
+@pytest.fixture
+def cluster2(tmp_path):
+    c = Cluster(tmp_path, 2)
+    c.init()
+    c.start()
+    yield c
+    c.stop()
+
+
+def test_init_refuses_table_without_primary_key(tmp_path):
+    c = Cluster(tmp_path, 1, tables=("items", "nokey"),
+                schema="CREATE TABLE items(id INTEGER PRIMARY KEY, a TEXT);"
+                       "CREATE TABLE nokey(x INTEGER, y TEXT);")
+    r = c.sites[0].run("init", check=False)
+    assert r.returncode != 0
+    assert "table nokey has no primary key" in r.stderr
+    # nothing half-installed: the init transaction rolled back
+    assert c.sites[0].sql("SELECT count(*) FROM sqlite_master WHERE name LIKE 'rep_%'") == [(0,)]
+
+
+def test_config_errors_name_file_and_line(tmp_path):
+    c = Cluster(tmp_path, 1)
+    with open(c.sites[0].conf) as f:
+        text = f.read()
+    with open(c.sites[0].conf, "w") as f:
+        f.write(text.replace("site_id: 1", "site_id: 70000"))
+    r = c.sites[0].run("init", check=False)
+    assert r.returncode != 0
+    assert "s1.yaml:3: sync.site_id: 70000 is out of range 1..65535" in r.stderr
+
+
+def test_insert_update_delete_replicate_both_ways_without_echo(cluster2):
+    a, b = cluster2.sites
+    a.sql("INSERT INTO items VALUES(1, 'one', 1, 1.5, 'x', x'00ff')")
+    b.sql("INSERT INTO items VALUES(2, 'two', 2, 2.5, NULL, NULL)")
+    cluster2.wait_synced()
+    a.sql("UPDATE items SET b = 10 WHERE id = 2")
+    b.sql("DELETE FROM items WHERE id = 1")
+    cluster2.wait_synced()
+    assert a.sql("SELECT * FROM items") == [(2, "two", 10, 2.5, None, None)]
+    # No echo: rows applied from a peer are not captured again (their position stays 0),
+    # and each site applied exactly the two changes the other made.
+    assert b.sql("SELECT seq FROM rep_c_items WHERE id = 1") == [(0,)] or \
+        b.sql("SELECT count(*) FROM rep_c_items WHERE id = 1 AND seq > 0") == [(1,)]
+    time.sleep(0.3)
+    st_a, st_b = a.status(), b.status()
+    assert st_a["peers"][0]["applied"] == 2
+    assert st_b["peers"][0]["applied"] == 2
+    assert st_a["conflicts"] == 0 and st_b["conflicts"] == 0
+    # the human-readable status has the peer table
+    out = a.run("status").stdout
+    assert "s2" in out and "ready" in out
+
+
+def test_consolidation_sends_one_change_per_row(tmp_path):
+    c = Cluster(tmp_path, 2)
+    c.init()
+    a, b = c.sites
+    con_rows = 200
+    a.sql("INSERT INTO items(id, a, b) SELECT value, 'v', 0 FROM generate_series(1, %d)"
+          % con_rows) if False else None
+    for i in range(con_rows):
+        a.sql("INSERT INTO items(id, a, b) VALUES(?, 'v', 0)", (i,))
+    for rnd in range(20):
+        a.sql("UPDATE items SET b = b + 1, a = 'r%d' WHERE id %% 2 = 0" % rnd)
+    a.sql("DELETE FROM items WHERE id % 10 = 1")
+    c.start()
+    try:
+        c.wait_synced()
+        st = a.status()
+        assert st["peers"][0]["rows_sent"] <= con_rows, st
+        assert b.status()["peers"][0]["applied"] == con_rows
+        assert b.sql("SELECT count(*), sum(b) FROM items") == [(180, 2000)]
+    finally:
+        c.stop()
+
+
+def test_column_level_conflict_resolution_and_log(tmp_path):
+    c = Cluster(tmp_path, 2)
+    c.init()
+    a, b = c.sites
+    a.sql("INSERT INTO items VALUES(1, 'orig', 0, 0.0, 'd0', NULL)")
+    c.start()
+    c.wait_synced()
+    b.stop()  # partition: both sides change the row
+    a.sql("UPDATE items SET a = 'from-a', b = 1 WHERE id = 1")
+    time.sleep(0.01)
+    b.sql("UPDATE items SET a = 'from-b', d = 'db' WHERE id = 1")  # later: b wins column a
+    b.start()
+    try:
+        c.wait_synced()
+        # a: both changed it, later (b) wins; b: only a changed it; d: only b changed it
+        assert a.sql("SELECT a, b, d FROM items") == [("from-b", 1, "db")]
+        # The conflict is logged where it is detected: at the site that held the losing
+        # version when the winner arrived (one site or both, depending on arrival order),
+        # always with both versions and the same winner.
+        logs = a.sql("SELECT col, rule, local_val, remote_val, winner FROM rep_conflict") + \
+            b.sql("SELECT col, rule, local_val, remote_val, winner FROM rep_conflict")
+        assert logs, "no conflict logged"
+        for col, rule, lv, rv, winner in logs:
+            assert col == "a" and rule == "column-lww"
+            assert {lv, rv} == {"from-a", "from-b"}
+            assert (lv if winner == "local" else rv) == "from-b"
+    finally:
+        c.stop()
+
+
+def test_delete_wins_over_concurrent_update_and_reinsert_wins_over_delete(tmp_path):
+    c = Cluster(tmp_path, 2)
+    c.init()
+    a, b = c.sites
+    a.sql("INSERT INTO items VALUES(1, 'x', 0, 0, NULL, NULL)")
+    a.sql("INSERT INTO items VALUES(2, 'y', 0, 0, NULL, NULL)")
+    c.start()
+    c.wait_synced()
+    b.stop()
+    a.sql("DELETE FROM items WHERE id = 1")
+    b.sql("UPDATE items SET b = 99 WHERE id = 1")  # later, but the row was deleted
+    a.sql("DELETE FROM items WHERE id = 2")
+    a.sql("INSERT INTO items VALUES(2, 'again', 1, 0, NULL, NULL)")
+    b.start()
+    try:
+        c.wait_synced()
+        assert a.sql("SELECT id, a FROM items") == [(2, "again")]
+        rules = a.sql("SELECT rule, col, winner FROM rep_conflict") + \
+            b.sql("SELECT rule, col, winner FROM rep_conflict")
+        assert ("update-vs-delete", "b", "local") in rules
+    finally:
+        c.stop()
+
+
+def test_bad_row_is_quarantined_and_does_not_block(tmp_path):
+    c = Cluster(tmp_path, 2)
+    c.init()
+    a, b = c.sites
+    b.sql("CREATE UNIQUE INDEX only_on_b ON items(d)")  # a constraint only b has
+    c.start()
+    try:
+        a.sql("INSERT INTO items VALUES(1, 'x', 0, 0, 'same', NULL)")
+        a.sql("INSERT INTO items VALUES(2, 'y', 0, 0, 'same', NULL)")  # violates at b
+        a.sql("INSERT INTO items VALUES(3, 'z', 0, 0, 'other', NULL)")
+        wait_for(lambda: b.sql("SELECT count(*) FROM items") == [(2,)], what="rows 1 and 3 at b")
+        q = b.sql("SELECT tbl, pk, kind, error FROM rep_quarantine")
+        assert len(q) == 1 and q[0][:3] == ("items", "2", "constraint"), q
+        assert "UNIQUE" in q[0][3]
+        assert b.status()["quarantined"] == 1
+        # fix the cause: the retry applies it without any resend
+        b.sql("DROP INDEX only_on_b")
+        c.wait_synced()
+        assert b.sql("SELECT count(*) FROM rep_quarantine") == [(0,)]
+    finally:
+        c.stop()
+
+
+def test_future_stamped_change_is_held_back_until_the_clock_catches_up(tmp_path):
+    c = Cluster(tmp_path, 2, extra="  max_clock_skew: 1s\n")
+    c.init()
+    a, b = c.sites
+    # Site a's clock jumps 4 s ahead: its next change is stamped in the future.
+    ahead = (int(time.time() * 1000) + 4000) << 16
+    a.sql("UPDATE rep_meta SET hlc = ?", (ahead,))
+    a.sql("INSERT INTO items VALUES(1, 'future', 0, 0, NULL, NULL)")
+    a.sql("UPDATE rep_meta SET hlc = hlc")  # keep
+    c.start()
+    try:
+        wait_for(lambda: b.status()["held_future"] == 1, what="the change to be held")
+        assert b.sql("SELECT count(*) FROM items") == [(0,)]
+        # not rewritten: once b's clock passes the stamp (+ skew), it applies unchanged
+        wait_for(lambda: b.sql("SELECT a FROM items") == [("future",)], 10,
+                 "the held change to apply")
+        assert b.sql("SELECT v_a >> 16 FROM rep_c_items")[0][0] >= ahead >> 16
+        assert b.status()["held_future"] == 0
+    finally:
+        c.stop()
+
+
+def test_wrong_key_and_garbage_are_refused_without_harm(tmp_path):
+    c = Cluster(tmp_path, 2)
+    c.init()
+    a, b = c.sites
+    other_key = os.path.join(c.dir, "other.key")
+    with open(other_key, "w") as f:
+        f.write("11" * 32 + "\n")
+    with open(b.conf) as f:
+        text = f.read()
+    with open(b.conf, "w") as f:
+        f.write(text.replace(c.key, other_key))
+    c.start()
+    try:
+        a.sql("INSERT INTO items VALUES(1, 'secret', 0, 0, NULL, NULL)")
+        # garbage and a truncated handshake on the listening port
+        for payload in (b"\x00" * 100, b"MSSH\x01\x00", os.urandom(5000)):
+            s = socket.create_connection(("127.0.0.1", a.port))
+            s.sendall(payload)
+            s.close()
+        time.sleep(1.0)
+        assert a.alive() and b.alive()
+        assert b.sql("SELECT count(*) FROM items") == [(0,)]
+        assert a.status()["peers"][0]["out"] != "ready"
+    finally:
+        c.stop()
+
+
+def test_added_column_needs_no_stop(tmp_path):
+    c = Cluster(tmp_path, 2)
+    c.init()
+    c.start()
+    a, b = c.sites
+    try:
+        a.sql("ALTER TABLE items ADD COLUMN f TEXT")
+        a.sql("INSERT INTO items(id, a, f) VALUES(1, 'x', 'new column')")
+        wait_for(lambda: b.status()["quarantined"] == 1, what="change with unknown column held")
+        b.sql("ALTER TABLE items ADD COLUMN f TEXT")
+        c.wait_synced()
+        assert b.sql("SELECT a, f FROM items") == [("x", "new column")]
+        b.sql("UPDATE items SET f = 'back' WHERE id = 1")
+        wait_for(lambda: a.sql("SELECT f FROM items") == [("back",)], what="b's change of f")
+    finally:
+        c.stop()
+
+
+@pytest.mark.parametrize("point", ["apply.begin:2", "apply.entry:7", "apply.cursor:2",
+                                   "apply.commit:2", "apply.committed:2"])
+def test_exactly_once_across_a_crash_at_every_apply_step(tmp_path, point):
+    c = Cluster(tmp_path, 2, extra="  batch_rows: 5\n")
+    c.init()
+    a, b = c.sites
+    n = 40
+    for i in range(n):
+        a.sql("INSERT INTO items(id, a, b) VALUES(?, 'r', ?)", (i, i))
+    a.start()
+    b.start(env={"MS_SYNC_FAULT": point})
+    try:
+        wait_for(lambda: not b.alive(), 10, "the fault to kill the receiver")
+        b.proc = None
+        b.start()
+        c.wait_synced()
+        st = b.status()
+        # every change applied exactly once: the count commits with the cursor and the rows
+        assert st["peers"][0]["applied"] == n, st
+        assert b.sql("SELECT count(*), sum(b) FROM items") == [(n, n * (n - 1) // 2)]
+    finally:
+        c.stop()
