@@ -13,7 +13,7 @@ MS_VERSION := 0.1.0
 CC ?= cc
 BUILD ?= build
 O ?= 2
-PKGS := libknot libzscanner liburcu libuv libsodium yaml-0.1 sqlite3 libpq libcurl libmicrohttpd
+PKGS := libknot libzscanner liburcu libuv libsodium yaml-0.1 sqlite3 libpq libcurl libmicrohttpd libmaxminddb
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
