@@ -27,16 +27,17 @@
 typedef enum { HEALTH_UNKNOWN = 0, HEALTH_UP = 1, HEALTH_DOWN = 2 } health_state_t;
 
 typedef struct {
-    health_state_t state;    /* the site verdict; UNKNOWN until every input has a result */
-    bool changing;           /* some input is inside a rise/fall window (state may flip soon) */
-    char reason[384];        /* human text of the last verdict, with counts and causes */
+    health_state_t state; /* the site verdict; UNKNOWN until every input has a result */
+    bool probed;          /* false: monitor heartbeat, no probes here (state UNKNOWN) */
+    bool changing;        /* some input is inside a rise/fall window (state may flip soon) */
+    char reason[384];     /* human text of the last verdict, with counts and causes */
     unsigned web_up, web_total;
-    health_state_t db;       /* UNKNOWN when not configured */
-    health_state_t lb;       /* UNKNOWN when not configured */
-    double load;             /* 0..1 from the load balancer (sessions/limit); < 0 unknown */
-    double rtt_ms;           /* EWMA of probe round-trip times; < 0 unknown */
-    uint64_t since_ms;       /* wall clock ms of the last verdict transition */
-    uint64_t transitions;    /* number of verdict transitions */
+    health_state_t db;    /* UNKNOWN when not configured */
+    health_state_t lb;    /* UNKNOWN when not configured */
+    double load;          /* 0..1 from the load balancer (sessions/limit); < 0 unknown */
+    double rtt_ms;        /* EWMA of probe round-trip times; < 0 unknown */
+    uint64_t since_ms;    /* wall clock ms of the last verdict transition */
+    uint64_t transitions; /* number of verdict transitions */
 } health_site_t;
 
 typedef struct health health_t;
@@ -47,8 +48,8 @@ typedef void (*health_cb_t)(void *ud);
 /* Start probing every site of conf on loop. Copies what it needs from conf (conf may be
  * freed afterwards). If prev is given (a reload), targets with the same site and name keep
  * their state and counters, so a reload does not flap verdicts; prev is not modified. */
-int health_new(uv_loop_t *loop, const conf_t *conf, const health_t *prev, health_cb_t cb,
-               void *ud, health_t **out) MS_WUR;
+int health_new(uv_loop_t *loop, const conf_t *conf, const health_t *prev, health_cb_t cb, void *ud,
+               health_t **out) MS_WUR;
 /* Stop probes and release. Handles close asynchronously: the caller keeps running the
  * loop (uv_run) until they are gone. Accepts NULL. */
 void health_free(health_t *h);

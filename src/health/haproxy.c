@@ -1,0 +1,250 @@
+/* haproxy.c: parser for HAProxy's runtime API `show stat` output (CSV), pure.
+ *
+ * The format (HAProxy management guide, "9.1 CSV format"): a header line "# pxname,svname,
+ * qcur,...," naming the columns, then one line per frontend, backend, server (and listener),
+ * each ending with "," and "\n", the whole ending with an empty line. Columns are found by
+ * name, never by position: HAProxy appends columns between versions. Fields may be quoted
+ * ("a,b" with "" for a quote). Nothing is copied or allocated: fields are spans into the
+ * input, so a huge field or a huge output only costs the time to skip it. The input is
+ * bounded by the caller (the probe reads at most HP_MAX_OUTPUT bytes). */
+#include "internal.h"
+
+#include <ctype.h>
+#include <string.h>
+
+/* HAProxy 2.6 prints ~100 columns; anything far beyond is not `show stat` output. */
+#define HP_MAX_COLUMNS 1024
+
+enum { C_PXNAME, C_SVNAME, C_STATUS, C_SCUR, C_SLIM, C_CHECK_STATUS, C_TYPE, C_N };
+static const char *const col_names[C_N] = {"pxname", "svname",       "status", "scur",
+                                           "slim",   "check_status", "type"};
+static const bool col_required[C_N] = {true, true, true, false, false, false, false};
+
+typedef struct {
+    const char *p;
+    size_t n;
+} span_t;
+
+static bool span_eq(span_t s, const char *str)
+{
+    size_t n = strlen(str);
+    return s.n == n && memcmp(s.p, str, n) == 0;
+}
+
+static bool span_prefix(span_t s, const char *str)
+{
+    size_t n = strlen(str);
+    return s.n >= n && memcmp(s.p, str, n) == 0;
+}
+
+/* Split one line (without its "\n") into the wanted columns. Returns the number of fields. */
+static size_t split_line(const char *p, const char *end, const int *col_of, span_t *vals)
+{
+    size_t field = 0;
+    for (;;) {
+        span_t s = {p, 0};
+        if (p < end && *p == '"') {
+            /* Quoted: keep the span with its quotes' contents; "" stays doubled, which is
+             * fine for the columns we read (names and states never contain quotes). */
+            s.p = ++p;
+            while (p < end && !(*p == '"' && (p + 1 >= end || p[1] != '"'))) {
+                p += (*p == '"') ? 2 : 1;
+            }
+            s.n = (size_t)(p - s.p);
+            if (p < end) {
+                p++; /* closing quote */
+            }
+            while (p < end && *p != ',') {
+                p++; /* junk after the quote: ignored */
+            }
+        } else {
+            const char *c = memchr(p, ',', (size_t)(end - p));
+            s.n = (size_t)((c ? c : end) - p);
+            p += s.n;
+        }
+        if (field < HP_MAX_COLUMNS && col_of[field] >= 0) {
+            vals[col_of[field]] = s;
+        }
+        field++;
+        if (p >= end) {
+            return field;
+        }
+        p++; /* the comma */
+    }
+}
+
+static void printable(char *out, size_t size, const char *p, size_t n)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < n && j + 1 < size; i++) {
+        out[j++] = isprint((unsigned char)p[i]) ? p[i] : '?';
+    }
+    out[j] = '\0';
+}
+
+static bool parse_num(span_t s, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (s.n > 18) {
+        return false;
+    }
+    for (size_t i = 0; i < s.n; i++) {
+        if (s.p[i] < '0' || s.p[i] > '9') {
+            return false;
+        }
+        v = v * 10 + (uint64_t)(s.p[i] - '0');
+    }
+    *out = v; /* empty: 0 (no limit, no sessions) */
+    return true;
+}
+
+static bool status_up(span_t st)
+{
+    /* "UP", "UP 1/3" (up, failing checks), "no check" (HAProxy sends it traffic). Not up:
+     * DOWN, "DOWN 1/2" (recovering), NOLB, DRAIN and MAINT (no new traffic). */
+    return (span_prefix(st, "UP") && (st.n == 2 || st.p[2] == ' ')) || span_eq(st, "no check");
+}
+
+typedef struct {
+    uint64_t scur_lim, slim, scur_all;
+    bool any_limit;
+} load_acc_t;
+
+static void note_down(char *buf, size_t size, const span_t *v)
+{
+    hs_appendf(buf, size, "%s%.*s %.*s%s%.*s", buf[0] ? ", " : "", (int)v[C_SVNAME].n,
+               v[C_SVNAME].p, (int)v[C_STATUS].n, v[C_STATUS].p, v[C_CHECK_STATUS].n ? " " : "",
+               (int)v[C_CHECK_STATUS].n, v[C_CHECK_STATUS].p);
+}
+
+int hp_parse_stat(const char *data, size_t len, const char *web_be, const char *db_be,
+                  hp_stat_t *out, char *err, size_t errlen)
+{
+    int col_of[HP_MAX_COLUMNS]; /* column index -> C_* (4 KiB of stack) */
+    memset(out, 0, sizeof(*out));
+    out->db = HEALTH_UNKNOWN;
+    out->load = -1.0;
+    err[0] = '\0';
+    const char *end = data + len;
+    const char *nl = memchr(data, '\n', len);
+    if (len < 2 || data[0] != '#' || data[1] != ' ' || !nl) {
+        char snip[48];
+        printable(snip, sizeof(snip), data, nl ? (size_t)(nl - data) : len);
+        snprintf(err, errlen, "no CSV header line (got '%s')", snip);
+        return MS_EPARSE;
+    }
+    /* header */
+    int have[C_N];
+    for (int c = 0; c < C_N; c++) {
+        have[c] = -1;
+    }
+    size_t ncol = 0;
+    for (const char *p = data + 2;; ncol++) {
+        const char *c = memchr(p, ',', (size_t)(nl - p));
+        const char *fe = c ? c : nl;
+        if (ncol >= HP_MAX_COLUMNS) {
+            snprintf(err, errlen, "header has more than %d columns", HP_MAX_COLUMNS);
+            return MS_EPARSE;
+        }
+        col_of[ncol] = -1;
+        for (int k = 0; k < C_N; k++) {
+            span_t s = {p, (size_t)(fe - p)};
+            if (have[k] < 0 && span_eq(s, col_names[k])) {
+                have[k] = (int)ncol;
+                col_of[ncol] = k;
+            }
+        }
+        if (!c) {
+            ncol++;
+            break;
+        }
+        p = c + 1;
+    }
+    size_t need = 0;
+    for (int k = 0; k < C_N; k++) {
+        if (have[k] < 0 && col_required[k]) {
+            snprintf(err, errlen, "header lacks column '%s'", col_names[k]);
+            return MS_EPARSE;
+        }
+        if (have[k] >= 0 && (size_t)have[k] + 1 > need) {
+            need = (size_t)have[k] + 1;
+        }
+    }
+    for (size_t i = ncol; i < HP_MAX_COLUMNS; i++) {
+        col_of[i] = -1;
+    }
+
+    load_acc_t la = {0};
+    health_state_t db_backend_row = HEALTH_UNKNOWN;
+    unsigned db_up = 0, db_servers = 0;
+    unsigned line = 1;
+    for (const char *p = nl + 1; p < end; line++) {
+        const char *e = memchr(p, '\n', (size_t)(end - p));
+        if (!e) {
+            snprintf(err, errlen, "truncated output: line %u has no end", line + 1);
+            return MS_EPARSE;
+        }
+        const char *ls = p;
+        p = e + 1;
+        if (e == ls || *ls == '#') {
+            continue; /* the final empty line; comments */
+        }
+        span_t v[C_N];
+        memset(v, 0, sizeof(v));
+        size_t nf = split_line(ls, e, col_of, v);
+        if (nf < need) {
+            snprintf(err, errlen, "line %u: truncated (%zu fields, need %zu)", line + 1, nf, need);
+            return MS_EPARSE;
+        }
+        out->rows++;
+        bool is_server = have[C_TYPE] >= 0 ? span_eq(v[C_TYPE], "2")
+                                           : !span_eq(v[C_SVNAME], "FRONTEND") &&
+                                                 !span_eq(v[C_SVNAME], "BACKEND");
+        bool is_backend =
+            have[C_TYPE] >= 0 ? span_eq(v[C_TYPE], "1") : span_eq(v[C_SVNAME], "BACKEND");
+        bool up = status_up(v[C_STATUS]);
+        if (span_eq(v[C_PXNAME], web_be)) {
+            out->web_found = true;
+            if (!is_server) {
+                continue;
+            }
+            uint64_t scur = 0, slim = 0;
+            if (!parse_num(v[C_SCUR], &scur) || !parse_num(v[C_SLIM], &slim)) {
+                char snip[32];
+                printable(snip, sizeof(snip), v[C_SCUR].p, v[C_SCUR].n);
+                snprintf(err, errlen, "line %u: bad scur/slim '%s'", line + 1, snip);
+                return MS_EPARSE;
+            }
+            out->web_total++;
+            if (!up) {
+                note_down(out->web_down, sizeof(out->web_down), v);
+                continue;
+            }
+            out->web_up++;
+            la.scur_all += scur;
+            if (slim > 0) {
+                la.any_limit = true;
+                la.scur_lim += scur;
+                la.slim += slim;
+            }
+        } else if (db_be && span_eq(v[C_PXNAME], db_be)) {
+            out->db_found = true;
+            if (is_backend) {
+                db_backend_row = up ? HEALTH_UP : HEALTH_DOWN;
+            } else if (is_server) {
+                db_servers++;
+                db_up += up;
+                if (!up) {
+                    note_down(out->db_detail, sizeof(out->db_detail), v);
+                }
+            }
+        }
+    }
+    if (have[C_SCUR] >= 0 && out->web_up > 0) {
+        out->load = la.any_limit ? (double)la.scur_lim / (double)la.slim : (double)la.scur_all;
+    }
+    if (out->db_found) {
+        out->db = db_servers ? (db_up ? HEALTH_UP : HEALTH_DOWN) : db_backend_row;
+    }
+    return 0;
+}
