@@ -107,7 +107,7 @@ static void fail(reply_t *r, unsigned status, fmt_t fmt, const char *prefix, con
         break;
     case FMT_TEXT:
         r->ctype = CT_TEXT;
-        webapp_html_escape(&r->body, line, strlen(line)); /* also drops control bytes */
+        webapp_text_clean(&r->body, line, strlen(line));
         buf_printf(&r->body, "\n");
         break;
     }
@@ -318,11 +318,11 @@ static void page_db(webapp_t *w, reply_t *r)
     }
     r->ctype = CT_TEXT;
     buf_printf(&r->body, "database: ");
-    html_text(&r->body, id);
+    webapp_text_clean(&r->body, id, strlen(id));
     buf_printf(&r->body,
                "\nbackend: %s\nsessions: %s\nguestbook: %s\nserved-by: ", webapp_db_kind(w->db),
                webapp_rows_get(&rows, 0, 0) ?: "?", webapp_rows_get(&rows, 0, 1) ?: "?");
-    html_text(&r->body, w->served_by);
+    webapp_text_clean(&r->body, w->served_by, strlen(w->served_by));
     buf_printf(&r->body, "\n");
     webapp_rows_free(&rows);
 }
@@ -524,6 +524,8 @@ static enum MHD_Result send_reply(webapp_t *w, struct MHD_Connection *conn, repl
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->ctype ? r->ctype : CT_TEXT);
     MHD_add_response_header(resp, "X-Served-By", w->served_by);
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    /* text/plain echoing a path stays text: no browser may sniff it into HTML */
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
     if (r->cookie[0]) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_SET_COOKIE, r->cookie);
     }

@@ -64,7 +64,9 @@ static void utf8_encode(buf_t *out, uint32_t cp)
 
 #define REPLACEMENT "\xEF\xBF\xBD" /* U+FFFD */
 
-void webapp_html_escape(buf_t *out, const char *s, size_t len)
+/* Copy s[0..len) as valid UTF-8 without control bytes (except \n and \t); with html, also
+ * escape the five characters that mean something in HTML text and attributes. */
+static void clean(buf_t *out, const char *s, size_t len, bool html)
 {
     const uint8_t *p = (const uint8_t *)s;
     size_t i = 0;
@@ -76,21 +78,36 @@ void webapp_html_escape(buf_t *out, const char *s, size_t len)
             i++;
             continue;
         }
-        switch (cp) {
-        case '&': buf_append(out, "&amp;", 5); break;
-        case '<': buf_append(out, "&lt;", 4); break;
-        case '>': buf_append(out, "&gt;", 4); break;
-        case '"': buf_append(out, "&quot;", 6); break;
-        case '\'': buf_append(out, "&#39;", 5); break;
-        default:
-            if ((cp < 0x20 && cp != '\n' && cp != '\t') || cp == 0x7F) {
-                buf_append(out, REPLACEMENT, 3);
-            } else {
-                buf_append(out, p + i, n);
+        const char *ent = NULL;
+        if (html) {
+            switch (cp) {
+            case '&': ent = "&amp;"; break;
+            case '<': ent = "&lt;"; break;
+            case '>': ent = "&gt;"; break;
+            case '"': ent = "&quot;"; break;
+            case '\'': ent = "&#39;"; break;
+            default: break;
             }
+        }
+        if (ent) {
+            buf_append(out, ent, strlen(ent));
+        } else if ((cp < 0x20 && cp != '\n' && cp != '\t') || cp == 0x7F) {
+            buf_append(out, REPLACEMENT, 3);
+        } else {
+            buf_append(out, p + i, n);
         }
         i += n;
     }
+}
+
+void webapp_html_escape(buf_t *out, const char *s, size_t len)
+{
+    clean(out, s, len, true);
+}
+
+void webapp_text_clean(buf_t *out, const char *s, size_t len)
+{
+    clean(out, s, len, false);
 }
 
 void webapp_json_escape(buf_t *out, const char *s, size_t len)

@@ -52,6 +52,8 @@ void webapp_stop(webapp_t *w);
 /* Append s[0..len) HTML-escaped (& < > " ' and every control byte but \n and \t); bytes that
  * are not valid UTF-8 become U+FFFD, so the page is always valid UTF-8. */
 void webapp_html_escape(buf_t *out, const char *s, size_t len);
+/* The same for text/plain: only invalid UTF-8 and control bytes are replaced. */
+void webapp_text_clean(buf_t *out, const char *s, size_t len);
 /* Append s[0..len) as a JSON string literal, quotes included. Invalid UTF-8 becomes U+FFFD. */
 void webapp_json_escape(buf_t *out, const char *s, size_t len);
 
