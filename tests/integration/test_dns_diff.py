@@ -159,6 +159,13 @@ def diff_messages(knot, ours, allow):
             if missing or bad:
                 out.append(f"answer: ours lacks {fmt(missing)}; ours adds records not from another of our zones {fmt(bad)}")
             continue
+        if sec == "additional" and "partial-additional" in allow:
+            bad = [r for r in getattr(ours, sec)
+                   if r.rdtype not in (dns.rdatatype.A, dns.rdatatype.AAAA)
+                   or not rrset_in_zone(r)]
+            if bad:
+                out.append(f"additional: not complete zone address RRsets: {fmt(bad)}")
+            continue
         if sec == "additional" and "extra-additional" in allow:
             missing = [k[x] for x in k.keys() - o.keys()]
             extra = [o[x] for x in o.keys() - k.keys()]
@@ -210,6 +217,9 @@ ALLOWANCES = {
                         "knotd.",
     "ede": "RFC 8914 sec. 3: Extended DNS Errors are optional; knotd adds EDE 20 (Not "
            "Authoritative) to REFUSED. Ours may leave it out (other options must agree).",
+    "partial-additional": "RFC 2181 sec. 9: when not every additional address fits, which "
+                          "ones to send is the server's choice (and TC stays clear); ours must "
+                          "send only complete address RRsets from the zone.",
     "aa": "RFC 4892 says nothing of AA for CHAOS id.server/version.bind; knotd clears it.",
     "notimp": "Issue 2 asks NOTIMP for every opcode but QUERY. knotd implements NOTIFY and "
               "UPDATE and answers NOTAUTH without an ACL; RFC 1035 sec. 4.1.1 lets a server "
@@ -446,6 +456,15 @@ CASES = [
     C("huge-EDNS-4096-capped-1232", "huge.example.com", "TXT", payload=4096, allow=["tc"],
       expect={"tc": True}),
     C("huge-over-TCP", "huge.example.com", "TXT", tcp=True, expect={"answer_rrs": 12}),
+    C("referral-glue-over-512-TC", "host.bigsub.example.com", "A", allow=["tc"],
+      expect={"tc": True, "aa": False}),
+    C("referral-glue-fits-1232", "host.bigsub.example.com", "A", edns=0,
+      expect={"tc": False, "aa": False}),
+    C("referral-glue-TCP", "bigsub.example.com", "NS", tcp=True, expect={"tc": False}),
+    C("MX-additional-over-512-no-TC", "manymx.example.com", "MX", allow=["partial-additional"],
+      expect={"tc": False, "answer_rrs": 10}),
+    C("MX-additional-fits-1232", "manymx.example.com", "MX", edns=0,
+      expect={"tc": False, "answer_rrs": 10}),
     C("TCP-EDNS-NSID", "web.example.com", "A", tcp=True, options=[NSID_OPT]),
     C("TCP-NXDOMAIN", "nonexistent.example.com", "A", tcp=True),
     C("TCP-referral", "host.sub.example.com", "A", tcp=True),
