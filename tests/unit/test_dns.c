@@ -1087,6 +1087,120 @@ static void test_long_names(void)
     tap_ok(resp_len > 0 && m.rcode == RCODE_FORMERR, "256-byte name: FORMERR");
 }
 
+/* Properties over many mutated queries (fixed seed, so a failure reproduces): every reply is
+ * a well-formed message (strict parse, pointers backwards, counts exact), fits the buffer,
+ * has QR set and the query's ID and opcode, echoes the question byte for byte when it has
+ * one, and only queries with QR=1 or under 12 bytes go unanswered. libFuzzer checks for
+ * crashes; this checks the replies. */
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static uint32_t rng(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+
+static const char *check_reply(const uint8_t *q, size_t n, size_t cap, bool tcp)
+{
+    resp_len = dns_answer(snap_main, q, n, resp, cap, tcp, NULL);
+    if (n < 12 || (q[2] & 0x80)) {
+        return resp_len == 0 ? NULL : "answered a response or a short packet";
+    }
+    if (resp_len == 0) {
+        return "dropped a query";
+    }
+    if (resp_len > cap) {
+        return "reply larger than the buffer";
+    }
+    msg_t m;
+    if (!parse_msg(resp, resp_len, &m)) {
+        return "malformed reply";
+    }
+    if (!m.qr || m.id != rd_u16(q) || m.opcode != ((q[2] >> 3) & 0xF)) {
+        return "header: QR, ID or opcode wrong";
+    }
+    if (m.qd == 1) {
+        size_t qe = 12;
+        while (qe < n && q[qe] != 0 && qe < 12 + 255) {
+            qe += (size_t)q[qe] + 1;
+        }
+        qe += 5;
+        if (qe > n || resp_len < qe || memcmp(resp + 12, q + 12, qe - 12) != 0) {
+            return "question not echoed byte for byte";
+        }
+    }
+    if (!tcp && resp_len > 512 && !m.opt) {
+        return "UDP reply over 512 bytes without EDNS";
+    }
+    return NULL;
+}
+
+static void test_random(void)
+{
+    static const qp_t bases[] = {
+        {"www.example.com", RR_A, EDNS, .nsid = true},
+        {"Foo.wild.example.com", RR_TXT},
+        {"host.sub.example.com", RR_A, EDNS, .do_bit = true},
+        {"wide.example.com", RR_NS},
+        {"nope.example.com", RR_A, EDNS},
+        {"big.example.com", RR_TXT, EDNS, .udp = 600},
+        {"example.com", RR_MX},
+        {"loop1.example.com", RR_A},
+        {"id.server", RR_TXT, 3, EDNS},
+        {"todeleg.example.com", RR_ANY},
+    };
+    int runs = 0, bad = 0;
+    const char *first = NULL;
+    uint8_t first_q[700];
+    size_t first_n = 0;
+    for (int iter = 0; iter < 40000; iter++) {
+        uint8_t q[700];
+        size_t n = build_query(q, (uint16_t)rng(), &bases[rng() % MS_ARRAY_LEN(bases)]);
+        int muts = 1 + (int)(rng() % 4);
+        for (int k = 0; k < muts; k++) {
+            uint32_t r = rng();
+            switch (r % 5) {
+            case 0: q[rng() % n] ^= (uint8_t)(1u << (rng() % 8)); break;
+            case 1: q[rng() % n] = (uint8_t)rng(); break;
+            case 2: n = 1 + rng() % n; break;
+            case 3:
+                if (n < sizeof(q) - 8) {
+                    for (int j = 0; j < 4; j++) {
+                        q[n++] = (uint8_t)rng();
+                    }
+                }
+                break;
+            default: q[2 + rng() % 10] = (uint8_t)rng(); break; /* header fields */
+            }
+        }
+        q[2] &= (uint8_t)(rng() % 8 ? 0x7F : 0xFF); /* mostly queries, some responses */
+        static const size_t caps[] = {512, 1232, 4096, DNS_MAX_MSG};
+        size_t cap = caps[rng() % 4];
+        const char *why = check_reply(q, n, cap, cap == DNS_MAX_MSG);
+        runs++;
+        if (why) {
+            bad++;
+            if (!first) {
+                first = why;
+                memcpy(first_q, q, n);
+                first_n = n;
+            }
+        }
+    }
+    tap_ok(bad == 0, "%d mutated queries: every reply well-formed and consistent (%d bad)", runs,
+           bad);
+    if (first) {
+        tap_diag("  first failure: %s; query (%zu bytes):", first, first_n);
+        char hex[1500] = "";
+        for (size_t i = 0; i < first_n && i < 400; i++) {
+            snprintf(hex + strlen(hex), sizeof(hex) - strlen(hex), "%02x", first_q[i]);
+        }
+        tap_diag("  %s", hex);
+    }
+}
+
 int main(void)
 {
     log_init("test_dns", false, LOG_LVL_ERR);
@@ -1100,6 +1214,7 @@ int main(void)
     test_raw();
     test_compression();
     test_long_names();
+    test_random();
     test_other_config();
     snap_free(snap_main);
     free(resp);
