@@ -312,6 +312,10 @@ static int on_msg(agent_t *a, conn_t *k, const uint8_t *data, size_t len)
                      p->conf->name, p->conf->id, (unsigned long long)cur);
         } else {
             p->sent = p->acked = m->u.hello.cursor;
+            /* The peer's cursor is authoritative: an ACK lost in a crash is recovered here. */
+            if (a->db->ops->set_acked(a->db, p->conf->id, p->acked) != 0) {
+                log_warn("cannot record the position of site %s", p->conf->name);
+            }
             p->inflight = 0;
             p->more = true;
             p->backoff_ms = 100;

@@ -152,7 +152,8 @@ def check(c, writes, seed):
     for s in c.sites:
         assert s.sql("SELECT count(*) FROM rep_quarantine") == [(0,)], "seed %d" % seed
         for (w, lh, ls, rh, rs) in s.sql("SELECT winner, local_hlc, local_site, remote_hlc,"
-                                         " remote_site FROM rep_conflict"):
+                                         " remote_site FROM rep_conflict"
+                                         " WHERE rule = 'column-lww'"):
             win, lose = ((rh, rs), (lh, ls)) if w == "remote" else ((lh, ls), (rh, rs))
             assert ver_key(*win) > ver_key(*lose), "seed %d: conflict winner older" % seed
 
