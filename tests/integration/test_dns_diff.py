@@ -387,6 +387,15 @@ CASES = [
     C("case-upper-owner", "upper.example.com", "AAAA"),
     C("case-NXDOMAIN", "NoSuCh.Example.Com", "A", expect={"rcode": NXDOMAIN}),
 
+    # --- Odd but valid names.
+    C("name-escaped-dot-in-label", "a\\.b.example.com", "A", expect={"rcode": NXDOMAIN}),
+    C("name-binary-label", "a\\000\\255z.example.com", "A", expect={"rcode": NXDOMAIN}),
+    C("name-long-250-bytes", ".".join(["a" * 63] * 3) + ".abcdefghijklmnopqrstuvwxyzabcd"
+      ".example.com", "A", expect={"rcode": NXDOMAIN}),
+    C("name-long-under-wildcard", ".".join(["b" * 63] * 3) + ".wild.example.com", "A",
+      expect={"rdata": ["192.0.2.200"]}),
+    C("name-63-byte-label", "c" * 63 + ".example.com", "TXT", expect={"rcode": NXDOMAIN}),
+
     # --- Outside our zones: REFUSED, no records.
     C("refused-other-domain", "www.example.org", "A", expect={"rcode": REFUSED, "aa": False}),
     C("refused-parent", "com", "NS", expect={"rcode": REFUSED}),
@@ -399,6 +408,9 @@ CASES = [
     C("ANY-tcp", "example.com", "ANY", tcp=True, allow=["any"]),
     C("ANY-NXDOMAIN", "nonexistent.example.com", "ANY", expect={"rcode": NXDOMAIN}),
     C("ANY-CNAME-owner", "www.example.com", "ANY", allow=["any"]),
+    C("ANY-wildcard", "q.wild.example.com", "ANY", allow=["any"]),
+    C("ANY-ENT", "ent.example.com", "ANY", expect={"rcode": NOERROR, "answer": 0}),
+    C("ANY-referral", "host.sub.example.com", "ANY", expect={"aa": False}),
 
     # --- Classes.
     C("qclass-CH-zone-name", "example.com", "A", "CH"),
@@ -441,6 +453,15 @@ CASES = [
     C("NSID", "web.example.com", "A", options=[NSID_OPT], expect={"nsid": b"ns1.test"}),
     C("NSID-with-unknown", "example.com", "SOA", options=[UNKNOWN_OPT, NSID_OPT]),
     C("NSID-on-NXDOMAIN", "nonexistent.example.com", "A", options=[NSID_OPT]),
+    C("NSID-on-BADVERS", "web.example.com", "A", edns=1, options=[NSID_OPT],
+      expect={"rcode": dns.rcode.BADVERS}),
+    C("NSID-on-TC", "big.example.com", "A", payload=512, options=[NSID_OPT], allow=["tc"],
+      expect={"tc": True}),
+    C("NSID-on-CHAOS", "id.server", "TXT", "CH", options=[NSID_OPT], allow=["aa"]),
+    C("DO-on-NXDOMAIN", "nonexistent.example.com", "A", do=True),
+    C("DO-on-referral", "host.sub.example.com", "A", do=True),
+    C("DO-on-wildcard", "a.wild.example.com", "A", do=True),
+    C("EDNS-BADVERS-DO", "web.example.com", "A", edns=1, do=True),
     C("NSID-on-REFUSED", "example.org", "A", options=[NSID_OPT], allow=["ede"]),
     C("EDNS-REFUSED", "www.example.org", "A", edns=0, allow=["ede"]),
 

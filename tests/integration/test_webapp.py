@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import uuid
 
 import pytest
@@ -142,6 +143,33 @@ def check_session_shared(web1, web2, site):
     assert f"web server <b>{web2.name}</b>" in page
 
 
+def check_concurrent_visits(web1, web2, threads=8, per_thread=40):
+    """Many clients on one session through both web servers at once: every visit counted once
+    (the count is one atomic statement in the database), no request failed (SQLite writers
+    wait for each other through busy_timeout; PostgreSQL rows lock)."""
+    st, h, body = web1.get("/session")
+    cookie = session_cookie(h)
+    errors = []
+
+    def client(n):
+        app = (web1, web2)[n % 2]
+        for _ in range(per_thread):
+            try:
+                st, _, b = app.get("/session", headers={"Cookie": cookie})
+                if st != 200:
+                    errors.append((app.name, st, b))
+            except OSError as e:
+                errors.append((app.name, repr(e)))
+    ts = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors, errors[:5]
+    s = json.loads(web2.get("/session", headers={"Cookie": cookie})[2])
+    assert s["visits"] == 1 + threads * per_thread + 1, s
+
+
 def check_guestbook_shared(web1, web2, site):
     tag = uuid.uuid4().hex[:12]
     # Form post through web1, with markup that must come back escaped.
@@ -235,6 +263,11 @@ def test_sqlite_served_by(sqlite_site):
 def test_sqlite_session_shared(sqlite_site):
     web1, web2, _ = sqlite_site
     check_session_shared(web1, web2, "a")
+
+
+def test_sqlite_concurrent_visits(sqlite_site):
+    web1, web2, _ = sqlite_site
+    check_concurrent_visits(web1, web2)
 
 
 def test_sqlite_guestbook_shared(sqlite_site):
@@ -414,6 +447,11 @@ def test_pg_served_by(pg_site):
 def test_pg_session_shared(pg_site):
     _, web1, web2 = pg_site
     check_session_shared(web1, web2, "b")
+
+
+def test_pg_concurrent_visits(pg_site):
+    _, web1, web2 = pg_site
+    check_concurrent_visits(web1, web2)
 
 
 def test_pg_guestbook_shared(pg_site):
