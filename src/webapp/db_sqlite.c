@@ -12,6 +12,7 @@
  * that is moved away or replaced by garbage. */
 #include "webapp/internal.h"
 
+#include <errno.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,13 @@ static void sq_close(webapp_conn_t *c)
 
 static int sq_open(const char *target, bool create, webapp_conn_t **out, char *err, size_t errlen)
 {
+    /* Ask the file system first: SQLite's unix VFS reuses a descriptor it still holds for the
+     * same file (one that another connection in this process closed while locks were held),
+     * and such an open skips the permission check a fresh open(2) would make. */
+    if (!create && access(target, R_OK | W_OK) != 0) {
+        snprintf(err, errlen, "sqlite: cannot open the database file: %s", strerror(errno));
+        return MS_EDB;
+    }
     sqlite3 *db = NULL;
     int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0);
     int rc = sqlite3_open_v2(target, &db, flags, NULL);

@@ -187,41 +187,49 @@ static int form_decode(const char *s, size_t n, buf_t *out)
 int webapp_form_get(const char *body, size_t len, const char *key, char **out)
 {
     size_t klen = strlen(key);
-    size_t i = 0;
+    buf_t name, val, found;
+    buf_init(&name);
+    buf_init(&val);
+    buf_init(&found);
+    bool have = false;
+    int rc = 0;
     *out = NULL;
-    while (i <= len) {
+    /* Every pair is decoded, wanted or not: a body with one malformed escape is rejected as a
+     * whole rather than half-read. */
+    for (size_t i = 0; i <= len && rc == 0;) {
         const char *amp = i < len ? memchr(body + i, '&', len - i) : NULL;
         size_t end = amp ? (size_t)(amp - body) : len;
         const char *pair = body + i;
         size_t plen = end - i;
         const char *eq = memchr(pair, '=', plen);
         size_t nlen = eq ? (size_t)(eq - pair) : plen;
-        buf_t name;
-        buf_init(&name);
-        int rc = form_decode(pair, nlen, &name);
-        bool match = rc == 0 && name.len == klen && memcmp(name.data, key, klen) == 0;
-        buf_deinit(&name);
-        if (rc != 0) {
-            return rc;
+        buf_reset(&name);
+        buf_reset(&val);
+        rc = form_decode(pair, nlen, &name);
+        if (rc == 0 && eq) {
+            rc = form_decode(eq + 1, plen - nlen - 1, &val);
         }
-        if (match) {
-            buf_t v;
-            buf_init(&v);
-            rc = eq ? form_decode(eq + 1, plen - nlen - 1, &v) : 0;
-            if (rc != 0) {
-                buf_deinit(&v);
-                return rc;
-            }
-            buf_append(&v, "", 1);
-            *out = (char *)v.data;
-            return 0;
+        if (rc == 0 && !have && name.len == klen && (!klen || memcmp(name.data, key, klen) == 0)) {
+            buf_append(&found, val.data ? val.data : (const uint8_t *)"", val.len);
+            have = true;
         }
         if (!amp) {
             break;
         }
         i = end + 1;
     }
-    return MS_ENOENT;
+    buf_deinit(&name);
+    buf_deinit(&val);
+    if (rc == 0 && !have) {
+        rc = MS_ENOENT;
+    }
+    if (rc != 0) {
+        buf_deinit(&found);
+        return rc;
+    }
+    buf_append(&found, "", 1);
+    *out = (char *)found.data;
+    return 0;
 }
 
 /* ---- a strict little JSON reader (RFC 8259), enough to pull strings out of one object ---- */
@@ -398,7 +406,7 @@ static int j_container(jrd_t *j, const char *key, int *found, buf_t *val)
             buf_init(&name);
             int rc = j_string(j, &name);
             want = rc == 0 && key && *found == 0 && name.len == strlen(key) &&
-                   memcmp(name.data, key, name.len) == 0;
+                   (!name.len || memcmp(name.data, key, name.len) == 0);
             buf_deinit(&name);
             if (rc != 0) {
                 return rc;
@@ -478,7 +486,7 @@ int webapp_json_get(const char *body, size_t len, const char *key, char **out)
     if (rc == 0) {
         if (found == 0) {
             rc = MS_ENOENT;
-        } else if (found < 0 || memchr(val.data, '\0', val.len)) {
+        } else if (found < 0 || (val.len && memchr(val.data, 0, val.len))) {
             rc = MS_EINVAL;
         }
     }

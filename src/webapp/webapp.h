@@ -59,7 +59,8 @@ void webapp_json_escape(buf_t *out, const char *s, size_t len);
 
 /* application/x-www-form-urlencoded: find `key` and decode its value ('+' and %XX) into a
  * NUL-terminated heap string (*out, caller frees). Returns 0, MS_ENOENT when absent, or
- * MS_EPARSE on a malformed escape or a NUL byte in the value. The first occurrence wins. */
+ * MS_EPARSE on a malformed escape or a NUL byte anywhere in the body (every pair is checked).
+ * The first occurrence wins. */
 int webapp_form_get(const char *body, size_t len, const char *key, char **out) MS_WUR;
 
 /* JSON: the body must be exactly one object (whitespace around allowed, nesting at most 16
