@@ -177,7 +177,7 @@ def _listen_addrs(v6):
 
 
 def knot_config(workdir, port, zones, v6=True, udp_workers=2, tcp_workers=1,
-                identity=IDENTITY, version=VERSION, nsid=NSID):
+                identity=IDENTITY, version=VERSION, nsid=NSID, extra=""):
     """A knotd configuration serving `zones` from their files as-is: no journal, no zone
     file rewrites, storage and run dir in `workdir`."""
     listen = "".join(f"    listen: {a}@{port}\n" for a in _listen_addrs(v6))
@@ -194,6 +194,7 @@ def knot_config(workdir, port, zones, v6=True, udp_workers=2, tcp_workers=1,
         f"    udp-workers: {udp_workers}\n"
         f"    tcp-workers: {tcp_workers}\n"
         "    background-workers: 1\n"
+        f"{extra}"
         "database:\n"
         f"    storage: {workdir}\n"
         "log:\n"

@@ -1270,3 +1270,48 @@ def test_concurrent_consistency(ours):
     assert not errors, f"{len(errors)} UDP problems, e.g. {errors[:5]}"
     assert not tcp_errors, f"{len(tcp_errors)} TCP problems, e.g. {tcp_errors[:5]}"
     assert ours.alive()
+
+
+def test_udp_max_payload_512(workdir, v6):
+    """udp-max-payload at our minimum, 512 (knotd's minimum is 1220, so no comparison): we
+    advertise 512 and truncate what does not fit 512 even if the client offers more."""
+    o = h.start_multisited(workdir, v6=v6, extra="  udp-max-payload: 512\n")
+    try:
+        r = ask(o, C("web", "web.example.com", "A", edns=0))[1]
+        assert r.payload == 512 and r.rcode() == NOERROR and r.answer
+        r = ask(o, C("big", "big.example.com", "A", payload=4096))[1]
+        assert r.flags & dns.flags.TC, r.to_text()
+        r = ask(o, C("mx", "example.com", "MX", payload=4096))[1]
+        assert not r.flags & dns.flags.TC and len(r.answer[0]) == 3, r.to_text()
+    finally:
+        rc = o.stop()
+    assert rc == 0
+
+
+@pytest.mark.parametrize("size", [1220, 4096])
+def test_udp_max_payload(workdir, v6, size):
+    """server.udp-max-payload (ours) and udp-max-payload (knotd) set alike: the size both
+    advertise, and where both truncate, must agree."""
+    k = h.start_knotd(workdir, v6=v6, extra=f"    udp-max-payload: {size}\n")
+    try:
+        o = h.start_multisited(workdir, v6=v6, extra=f"  udp-max-payload: {size}\n")
+        try:
+            for case in [C("web", "web.example.com", "A", edns=0),
+                         C("big-1232", "big.example.com", "A", edns=0, allow=["tc"]),
+                         C("huge-4096", "huge.example.com", "TXT", payload=4096,
+                           allow=["tc"]),
+                         C("huge-65535", "huge.example.com", "TXT", payload=65535,
+                           allow=["tc"]),
+                         C("big-no-EDNS", "big.example.com", "A", allow=["tc"])]:
+                kq, kr = ask(k, case)
+                oq, orr = ask(o, case)
+                problems = check_expect("ours", case, oq, orr) + \
+                    diff_messages(kr, orr, case.allow)
+                assert not problems, f"{case.id} (udp-max-payload {size}): " + \
+                    "; ".join(problems) + f"\n--- knot:\n{kr.to_text()}\n--- ours:\n" + \
+                    orr.to_text()
+        finally:
+            rc = o.stop()
+        assert rc == 0
+    finally:
+        k.stop()
