@@ -20,6 +20,7 @@
 #   EXTRA_ZONES="origin=file ..."  more zones every server loads (e.g. issue 3's names)
 #   EXTRA_QUERIES="file ..."       more query lines (dnsperf "name TYPE") mixed into the load
 #   MS_EXTRA_CONF=file  YAML appended to multisited's generated config (e.g. GSLB sections)
+#   GDNSD_EXTRA_CONF=file  appended to gdnsd's config (e.g. plugins => { ... } for DYNA names)
 #   KEEP=1             keep the temp dir (configs, logs, zone and query files)
 set -euo pipefail
 
@@ -41,6 +42,7 @@ SERVERS=${SERVERS:-"ours gdnsd knotd"}
 EXTRA_ZONES=${EXTRA_ZONES:-}
 EXTRA_QUERIES=${EXTRA_QUERIES:-}
 MS_EXTRA_CONF=${MS_EXTRA_CONF:-}
+GDNSD_EXTRA_CONF=${GDNSD_EXTRA_CONF:-}
 START_DEADLINE=${START_DEADLINE:-120} # seconds; knotd needs a while for 1M records
 ORIGIN=bench.test
 MEM_ORIGIN=mem.test
@@ -68,7 +70,9 @@ cleanup() {
     done
     for p in "${STARTED[@]}"; do
         for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
-        kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null || true
+        if kill -0 "$p" 2>/dev/null; then
+            kill -KILL "$p" 2>/dev/null || true
+        fi
     done
     if [ "${KEEP:-0}" = 1 ]; then
         echo "bench/dns.sh: kept $TMP" >&2
@@ -202,6 +206,7 @@ options => {
   state_dir => $d/state
 }
 EOF
+    [ -z "$GDNSD_EXTRA_CONF" ] || cat "$GDNSD_EXTRA_CONF" >>"$d/config"
     for z in "$@"; do
         cp "${z#*=}" "$d/zones/${z%%=*}"
     done
@@ -325,10 +330,10 @@ for r in $(seq "$ROUNDS"); do
         lost=$(awk '/Queries lost:/ { print $3 }' "$out")
         qps=$(awk '/Queries per second:/ { print $4 }' "$out")
         lat=$(awk '/Average Latency/ { print $4 }' "$out")
-        [ -n "$done_q" ] && [ "$done_q" -gt 0 ] || {
+        if [ -z "$done_q" ] || [ "$done_q" -eq 0 ]; then
             cat "$out" >&2
             die "no queries completed against $s"
-        }
+        fi
         cpu_us=$(awk -v t=$((c1 - c0)) -v hz="$HZ" -v n="$done_q" \
             'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
         lat_us=$(awk -v l="$lat" 'BEGIN { printf "%.1f", l * 1e6 }')
