@@ -129,40 +129,52 @@ static void pool_put(webapp_db_t *db, webapp_conn_t *c)
     }
 }
 
+/* Close every idle connection: after one of them failed, the rest were most likely made before
+ * the same event (a database restart) and would fail the same way, one request at a time. */
+static void pool_drain(webapp_db_t *db)
+{
+    pthread_mutex_lock(&db->mu);
+    webapp_conn_t *list = db->idle;
+    db->idle = NULL;
+    db->nidle = 0;
+    pthread_mutex_unlock(&db->mu);
+    while (list) {
+        webapp_conn_t *next = list->next;
+        db->ops->close(list);
+        list = next;
+    }
+}
+
 int webapp_db_query(webapp_db_t *db, const char *sql, const char *const *params, int nparams,
                     webapp_rows_t *out, char *err, size_t errlen)
 {
-    webapp_rows_t scratch = {0};
-    if (!out) {
-        out = &scratch;
+    webapp_conn_t *c = pool_get(db);
+    if (c && !db->ops->usable(c)) {
+        db->ops->close(c);
+        pool_drain(db);
+        c = NULL;
     }
-    for (;;) {
-        webapp_conn_t *c = pool_get(db);
-        bool reused = c != NULL;
-        if (c && !db->ops->usable(c)) {
-            db->ops->close(c);
-            c = NULL;
-            reused = false;
-        }
-        if (!c) {
-            int rc = db->ops->open(db->target, false, &c, err, errlen);
-            if (rc != 0) {
-                return rc;
-            }
-        }
-        int rc = db->ops->query(c, sql, params, nparams, out, err, errlen);
-        if (rc == 0) {
+    if (c) {
+        if (db->ops->query(c, sql, params, nparams, out, err, errlen) == 0) {
             pool_put(db, c);
-            webapp_rows_free(&scratch);
             return 0;
         }
+        /* The database may have restarted since this connection was made: retry once on a
+         * fresh one; a second failure is the database's answer. */
         db->ops->close(c);
-        if (!reused) {
-            return rc;
-        }
-        /* A reused connection failed: the database may have restarted since it was made.
-         * Retry on a fresh one; another failure is then the database's answer. */
+        pool_drain(db);
     }
+    int rc = db->ops->open(db->target, false, &c, err, errlen);
+    if (rc != 0) {
+        return rc;
+    }
+    rc = db->ops->query(c, sql, params, nparams, out, err, errlen);
+    if (rc == 0) {
+        pool_put(db, c);
+    } else {
+        db->ops->close(c);
+    }
+    return rc;
 }
 
 int webapp_db_init(webapp_db_t *db, const char *identity, const char *dflt, bool create, char *err,

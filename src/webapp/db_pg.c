@@ -2,7 +2,10 @@
  *
  * Connection failures must surface quickly and as text a person can act on: connect_timeout
  * bounds a connect to an address that does not answer (the libpq default is to wait forever),
- * statement_timeout bounds a query stuck behind a lock. A conninfo may override either. */
+ * tcp_user_timeout a server that stops acknowledging mid-query, statement_timeout a query
+ * stuck behind a lock. A conninfo may override each. Not bounded: a server host that still
+ * acknowledges but never answers (a stopped postmaster process); the request then waits for
+ * statement_timeout's server-side cancel or for the client to give up. */
 #include "webapp/internal.h"
 
 #include <libpq-fe.h>
@@ -11,6 +14,9 @@
 
 #define PG_CONNECT_TIMEOUT_S    "3"
 #define PG_STATEMENT_TIMEOUT_MS "5000"
+/* Sent data left unacknowledged this long (a server host gone, a network cut) breaks the
+ * connection instead of blocking the request until TCP gives up many minutes later. */
+#define PG_TCP_USER_TIMEOUT_MS "5000"
 
 typedef struct {
     webapp_conn_t base;
@@ -54,9 +60,14 @@ static int pgc_open(const char *target, bool create, webapp_conn_t **out, char *
     (void)create; /* a PostgreSQL database is created by its administrator, not by us */
     /* With expand_dbname, the keywords before dbname are defaults that the conninfo can
      * override; options sets statement_timeout for the session in the startup packet. */
-    const char *const keys[] = {"connect_timeout", "application_name", "options", "dbname", NULL};
-    const char *const vals[] = {PG_CONNECT_TIMEOUT_S, "multisite-webapp",
-                                "-c statement_timeout=" PG_STATEMENT_TIMEOUT_MS, target, NULL};
+    const char *const keys[] = {"connect_timeout", "tcp_user_timeout", "application_name",
+                                "options",         "dbname",           NULL};
+    const char *const vals[] = {PG_CONNECT_TIMEOUT_S,
+                                PG_TCP_USER_TIMEOUT_MS,
+                                "multisite-webapp",
+                                "-c statement_timeout=" PG_STATEMENT_TIMEOUT_MS,
+                                target,
+                                NULL};
     PGconn *pg = PQconnectdbParams(keys, vals, 1);
     if (!pg) {
         snprintf(err, errlen, "postgresql: out of memory");

@@ -60,9 +60,10 @@ const char *webapp_db_kind(const webapp_db_t *db);
 /* The backend's query for the database's name (one row, one column). */
 const char *webapp_db_identity_sql(const webapp_db_t *db);
 
-/* Run one statement. A pooled connection that fails is dropped and the statement retried
- * once on a fresh one (the database may have restarted since the connection was made); every
- * statement we run is idempotent or harmless to repeat. */
+/* Run one statement (out may be NULL). A pooled connection that fails is closed with every
+ * other idle one, and the statement retried once on a fresh connection (the database may have
+ * restarted since the pool was filled); every statement we run is idempotent or harmless to
+ * repeat (the one exception, a visit counted twice, needs the commit's reply to be lost). */
 int webapp_db_query(webapp_db_t *db, const char *sql, const char *const *params, int nparams,
                     webapp_rows_t *out, char *err, size_t errlen) MS_WUR;
 
