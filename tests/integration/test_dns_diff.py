@@ -510,7 +510,14 @@ CASES = [
 ]
 
 
+def alive(server):
+    """Fail fast, with its log, once a server has died (rather than time out case by case)."""
+    assert server.alive(), f"{server.name} (pid {server.pid}) is dead, exit status " \
+        f"{server.proc.returncode}; log:\n{server.log_tail()}"
+
+
 def ask(server, case, addr=None):
+    alive(server)
     m = case.message()
     addr = addr or server.addr
     if case.tcp:
@@ -710,19 +717,16 @@ def raw_udp(server, pkt):
     """Send `pkt`, then a valid probe query on the same socket; the packet counts as dropped
     if no reply with its id arrived by the time the probe's reply did (plus 100 ms). The
     probe also proves the server survived the packet. Returns (rcode or DROP, reply bytes)."""
+    alive(server)
     fam = socket.AF_INET6 if ":" in server.addr else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_DGRAM)
     s.settimeout(TIMEOUT)
     try:
         s.connect((server.addr, server.port))
-        if pkt:
-            s.send(pkt)
-        else:
-            s.send(b"")
+        s.send(pkt)  # b"" sends an empty datagram
         probe = dns.message.make_query("web.example.com", "A")
         probe.id = 0x7777
         s.send(probe.to_wire())
-        pid = struct.pack(">H", 0x1234)
         reply, got_probe, end = None, False, None
         while True:
             if end is not None:
@@ -740,7 +744,6 @@ def raw_udp(server, pkt):
             elif len(d) >= 2 and (len(pkt) < 2 or d[:2] == pkt[:2]) and reply is None:
                 reply = d
         assert got_probe, f"{server.name} did not answer a valid query after the packet"
-        del pid
     finally:
         s.close()
     if reply is None:
@@ -1117,7 +1120,9 @@ class _Prober:
             try:
                 d = self.s.recv(65535)
             except socket.timeout:
-                raise AssertionError(f"{self.srv.name} stopped answering after {pkt.hex()}")
+                raise AssertionError(f"{self.srv.name} stopped answering after {pkt.hex()}; "
+                                     f"alive: {self.srv.alive()}; log:\n"
+                                     f"{self.srv.log_tail()}")
             if d[:2] == b"\x77\x77" and len(d) > 12 and d[2] & 0x80 and \
                     d[12:len(self.probe) - 11] == self.probe[12:-11]:
                 break
