@@ -559,12 +559,19 @@ static bool screen(struct MHD_Connection *conn, const char *url, const char *met
         return true;
     }
     q->route = routes[i].route;
+    /* OPTIONS answers with what the path allows: it is also what HAProxy's bare
+     * `option httpchk` sends, which then checks the web tier alone. */
+    if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0) {
+        r->status = MHD_HTTP_NO_CONTENT;
+        r->allow = routes[i].post ? "POST, OPTIONS" : "GET, HEAD, OPTIONS";
+        return true;
+    }
     bool post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
     bool get =
         strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
     if (routes[i].post ? !post : !get) {
         fail(r, MHD_HTTP_METHOD_NOT_ALLOWED, FMT_TEXT, "method not allowed: ", method);
-        r->allow = routes[i].post ? "POST" : "GET, HEAD";
+        r->allow = routes[i].post ? "POST, OPTIONS" : "GET, HEAD, OPTIONS";
         return true;
     }
     const char *cl =

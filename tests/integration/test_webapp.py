@@ -319,9 +319,10 @@ def test_sqlite_file_moved_away(sqlite_site):
 
 def test_methods_and_paths(sqlite_site):
     web1, _, _ = sqlite_site
-    for method, path, allow in [("DELETE", "/db", "GET, HEAD"), ("POST", "/session", "GET, HEAD"),
-                                ("PUT", "/", "GET, HEAD"), ("GET", "/guestbook", "POST"),
-                                ("OPTIONS", "/health", "GET, HEAD")]:
+    g, p = "GET, HEAD, OPTIONS", "POST, OPTIONS"
+    for method, path, allow in [("DELETE", "/db", g), ("POST", "/session", g), ("PUT", "/", g),
+                                ("GET", "/guestbook", p), ("PATCH", "/guestbook.json", g),
+                                ("TRACE", "/health", g), ("BREW", "/", g)]:
         st, h, body = req(web1.port, method, path, body="" if method != "GET" else None)
         assert st == 405 and h.get("allow") == allow, (method, path, st, h)
         assert h["x-served-by"] == "a/web1"
@@ -332,6 +333,9 @@ def test_methods_and_paths(sqlite_site):
         h["x-content-type-options"] == "nosniff", h
     st, h, body = req(web1.port, "HEAD", "/health")
     assert st == 200 and body == ""
+    for path, allow in [("/health", g), ("/guestbook", p)]:
+        st, h, body = req(web1.port, "OPTIONS", path)
+        assert st == 204 and h.get("allow") == allow and body == "", (path, st, h)
 
 
 BAD_POSTS = [
