@@ -521,3 +521,81 @@ def test_pg_stopped_and_restarted(pg_site, workdir):
         check_session_shared(web1, web2, "b")
     finally:
         stop_all(*apps_started)
+
+
+# ---- HAProxy in front: the contract the site health check relies on ----
+
+HAPROXY = "/usr/sbin/haproxy"
+
+
+def haproxy_status(sock_path):
+    """{server name: status} of backend `web` from HAProxy's runtime API (`show stat`)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(2)
+    try:
+        s.connect(sock_path)
+        s.sendall(b"show stat\n")
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+    finally:
+        s.close()
+    lines = data.decode().splitlines()
+    cols = lines[0].lstrip("# ").split(",")
+    rows = [dict(zip(cols, ln.split(","))) for ln in lines[1:] if ln.startswith("web,")]
+    return {r["svname"]: r["status"] for r in rows if r["svname"] not in ("BACKEND",)}
+
+
+def test_haproxy_checks_the_db_page(sqlite_site, workdir):
+    """HAProxy's own check (`option httpchk GET /db` + `http-check expect string KEYWORD`)
+    marks both web apps UP while the database answers, DOWN when it cannot be opened, and UP
+    again after: the database page is usable as the site's database check."""
+    assert os.access(HAPROXY, os.X_OK), "haproxy missing: run scripts/deps.sh"
+    web1, web2, db = sqlite_site
+    d = tempfile.mkdtemp(prefix="wa-haproxy-", dir=workdir)
+    sock = os.path.join(d, "stats.sock")
+    port = free_port(v6=False)
+    cfg = os.path.join(d, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(f"""global
+    stats socket {sock} level admin
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 5s
+    timeout server 5s
+backend web
+    option httpchk GET /db
+    http-check expect string db-a-sqlite
+    default-server inter 100ms fall 2 rise 2
+    server {web1.name} 127.0.0.1:{web1.port} check
+    server {web2.name} 127.0.0.1:{web2.port} check
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend web
+""")
+    hap = Server("haproxy", [HAPROXY, "-f", cfg, "-db"], port, d, ["127.0.0.1"]).start()
+    names = {web1.name, web2.name}
+
+    def status_is(want):
+        try:
+            st = haproxy_status(sock)
+        except OSError:
+            return False
+        return st if set(st) == names and all(v == want for v in st.values()) else False
+    try:
+        wait_for(lambda: status_is("UP"), DEADLINE, "haproxy to see both web apps UP")
+        served = {req(port, "GET", "/health")[1]["x-served-by"] for _ in range(6)}
+        assert served == {"a/web1", "a/web2"}, served
+        os.chmod(db, 0o000)
+        try:
+            wait_for(lambda: status_is("DOWN"), DEADLINE, "haproxy to mark both DOWN")
+            assert req(port, "GET", "/session")[0] == 503
+        finally:
+            os.chmod(db, 0o644)
+        wait_for(lambda: status_is("UP"), DEADLINE, "haproxy to see both UP again")
+    finally:
+        hap.stop()
