@@ -112,9 +112,14 @@ typedef struct {
 
 static void note_down(char *buf, size_t size, const span_t *v)
 {
+    span_t chk = v[C_CHECK_STATUS];
+    if (span_prefix(chk, "* ")) { /* "* L7RSP": a check is in progress; the status is the last */
+        chk.p += 2;
+        chk.n -= 2;
+    }
     hs_appendf(buf, size, "%s%.*s %.*s%s%.*s", buf[0] ? ", " : "", (int)v[C_SVNAME].n,
-               v[C_SVNAME].p, (int)v[C_STATUS].n, v[C_STATUS].p, v[C_CHECK_STATUS].n ? " " : "",
-               (int)v[C_CHECK_STATUS].n, v[C_CHECK_STATUS].p);
+               v[C_SVNAME].p, (int)v[C_STATUS].n, v[C_STATUS].p, chk.n ? " " : "", (int)chk.n,
+               chk.p);
 }
 
 int hp_parse_stat(const char *data, size_t len, const char *web_be, const char *db_be,
@@ -203,31 +208,7 @@ int hp_parse_stat(const char *data, size_t len, const char *web_be, const char *
         bool is_backend =
             have[C_TYPE] >= 0 ? span_eq(v[C_TYPE], "1") : span_eq(v[C_SVNAME], "BACKEND");
         bool up = status_up(v[C_STATUS]);
-        if (span_eq(v[C_PXNAME], web_be)) {
-            out->web_found = true;
-            if (!is_server) {
-                continue;
-            }
-            uint64_t scur = 0, slim = 0;
-            if (!parse_num(v[C_SCUR], &scur) || !parse_num(v[C_SLIM], &slim)) {
-                char snip[32];
-                printable(snip, sizeof(snip), v[C_SCUR].p, v[C_SCUR].n);
-                snprintf(err, errlen, "line %u: bad scur/slim '%s'", line + 1, snip);
-                return MS_EPARSE;
-            }
-            out->web_total++;
-            if (!up) {
-                note_down(out->web_down, sizeof(out->web_down), v);
-                continue;
-            }
-            out->web_up++;
-            la.scur_all += scur;
-            if (slim > 0) {
-                la.any_limit = true;
-                la.scur_lim += scur;
-                la.slim += slim;
-            }
-        } else if (db_be && span_eq(v[C_PXNAME], db_be)) {
+        if (db_be && span_eq(v[C_PXNAME], db_be)) {
             out->db_found = true;
             if (is_backend) {
                 db_backend_row = up ? HEALTH_UP : HEALTH_DOWN;
@@ -238,6 +219,32 @@ int hp_parse_stat(const char *data, size_t len, const char *web_be, const char *
                     note_down(out->db_detail, sizeof(out->db_detail), v);
                 }
             }
+        }
+        if (!span_eq(v[C_PXNAME], web_be)) {
+            continue;
+        }
+        out->web_found = true;
+        if (!is_server) {
+            continue;
+        }
+        uint64_t scur = 0, slim = 0;
+        if (!parse_num(v[C_SCUR], &scur) || !parse_num(v[C_SLIM], &slim)) {
+            char snip[32];
+            printable(snip, sizeof(snip), v[C_SCUR].p, v[C_SCUR].n);
+            snprintf(err, errlen, "line %u: bad scur/slim '%s'", line + 1, snip);
+            return MS_EPARSE;
+        }
+        out->web_total++;
+        if (!up) {
+            note_down(out->web_down, sizeof(out->web_down), v);
+            continue;
+        }
+        out->web_up++;
+        la.scur_all += scur;
+        if (slim > 0) {
+            la.any_limit = true;
+            la.scur_lim += scur;
+            la.slim += slim;
         }
     }
     if (have[C_SCUR] >= 0 && out->web_up > 0) {
