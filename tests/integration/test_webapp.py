@@ -599,3 +599,89 @@ frontend fe
         wait_for(lambda: status_is("UP"), DEADLINE, "haproxy to see both UP again")
     finally:
         hap.stop()
+
+
+# ---- two sites, each its own database, replicated by multisite-syncd ----
+
+SYNCD = os.path.join(BUILD, "multisite-syncd")
+REPLICATED = ["sessions", "guestbook", "counters"]  # never site_identity: it names each db
+
+
+def sqlite_value(path, sql, *args):
+    """One value read straight from a site's database (read-only; None when absent)."""
+    import sqlite3
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        row = con.execute(sql, args).fetchone()
+        return row[0] if row else None
+    finally:
+        con.close()
+
+
+def test_two_sites_replicated_by_syncd(workdir):
+    """The point of keeping every piece of state in the site database: with multisite-syncd
+    replicating the web app's tables, a session made at site A is served at site B (same id,
+    the count goes on), and a guestbook entry made at B is listed at A. Each database keeps
+    its own identity."""
+    assert os.access(SYNCD, os.X_OK), f"{SYNCD} is not built (run make)"
+    d = tempfile.mkdtemp(prefix="wa-sites-", dir=workdir)
+    key = os.path.join(d, "key")
+    with open(key, "w") as f:
+        f.write(subprocess.run([SYNCD, "keygen"], check=True, capture_output=True,
+                               text=True).stdout)
+    os.chmod(key, 0o600)
+    sites = {"a": 1, "b": 2}
+    ports = {s: free_port(v6=False) for s in sites}
+    dbs = {s: os.path.join(d, f"{s}.sqlite") for s in sites}
+    procs = []
+    try:
+        for s, sid in sites.items():
+            o = "b" if s == "a" else "a"
+            conf = os.path.join(d, f"sync-{s}.yaml")
+            with open(conf, "w") as f:
+                f.write(f"sync:\n  site: {s}\n  site_id: {sid}\n  backend: sqlite\n"
+                        f"  database: \"{dbs[s]}\"\n  tables: [{', '.join(REPLICATED)}]\n"
+                        f"  listen: 127.0.0.1:{ports[s]}\n  key_file: {key}\n"
+                        f"  status_socket: {os.path.join(d, s + '.sock')}\n"
+                        f"  peers:\n    - {{name: {o}, id: {sites[o]}, "
+                        f"address: 127.0.0.1:{ports[o]}}}\n")
+            # The web app makes its tables, then syncd installs capture on them.
+            r = subprocess.run([WEBAPP, "--init", "--db", f"sqlite:{dbs[s]}", "--site", s],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            r = subprocess.run([SYNCD, "-c", conf, "init"], capture_output=True, text=True)
+            assert r.returncode == 0, f"syncd init: {r.stderr}"
+            procs.append(Server(f"syncd-{s}", [SYNCD, "-c", conf, "run"], ports[s], d,
+                                ["127.0.0.1"]).start())
+        web_a = start_webapp(workdir, "web-a", "a", f"sqlite:{dbs['a']}")
+        procs.append(web_a)
+        web_b = start_webapp(workdir, "web-b", "b", f"sqlite:{dbs['b']}")
+        procs.append(web_b)
+
+        st, h, body = web_a.get("/session")
+        cookie, sid = session_cookie(h), json.loads(body)["id"]
+        assert json.loads(web_a.get("/session", headers={"Cookie": cookie})[2])["visits"] == 2
+        wait_for(lambda: sqlite_value(dbs["b"], "SELECT visits FROM sessions WHERE id = ?",
+                                      sid) == 2, 15, "the session to reach site b")
+        s = json.loads(web_b.get("/session", headers={"Cookie": cookie})[2])
+        assert s["id"] == sid and s["visits"] == 3 and s["served_by"]["site"] == "b", s
+        wait_for(lambda: sqlite_value(dbs["a"], "SELECT visits FROM sessions WHERE id = ?",
+                                      sid) == 3, 15, "site b's visit to reach site a")
+
+        tag = uuid.uuid4().hex
+        st, _, _ = req(web_b.port, "POST", "/guestbook", body=json.dumps({"message": tag}),
+                       headers={"Content-Type": "application/json"})
+        assert st == 201
+        wait_for(lambda: any(e["message"] == tag and e["site"] == "b" for e in
+                             json.loads(web_a.get("/guestbook.json")[2])["entries"]),
+                 15, "site b's guestbook entry at site a")
+        # Identities stay per database.
+        assert "database: db-a\n" in web_a.get("/db")[2]
+        assert "database: db-b\n" in web_b.get("/db")[2]
+    finally:
+        errs = []
+        for p in reversed(procs):
+            rc = p.stop()
+            if rc != 0:
+                errs.append(f"{p.name} exited with {rc}: {p.log_tail()}")
+        assert not errs, errs
