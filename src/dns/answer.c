@@ -15,6 +15,10 @@
  * Negative answers carry the SOA with TTL min(SOA TTL, SOA MINIMUM) (RFC 2308 3). */
 #include "dns.h"
 
+#include "policy/policy.h"
+
+#include <libknot/descriptor.h>
+
 #include <string.h>
 
 #define HDR            12
@@ -39,6 +43,11 @@ typedef struct {
     bool edns_do;
     bool want_nsid;
     uint16_t edns_udp;
+    bool ecs;           /* EDNS Client Subnet (RFC 7871) */
+    uint8_t ecs_family; /* 1 = IPv4, 2 = IPv6 (address family numbers) */
+    uint8_t ecs_src;    /* source prefix length */
+    uint8_t ecs_addr[16];
+    const net_addr_t *client; /* the packet's source, or NULL */
 } query_t;
 
 typedef struct {
@@ -49,6 +58,7 @@ typedef struct {
     uint16_t comp[MAX_COMP];
     int ncomp;
     bool tc;
+    uint8_t ecs_scope; /* RFC 7871 scope of the answer: 0 unless it depends on the client */
 } resp_t;
 
 /* ---- query parsing ---- */
@@ -105,6 +115,32 @@ static size_t skip_name(const uint8_t *pkt, size_t len, size_t off)
     return 0;
 }
 
+/* RFC 7871 6: FAMILY, SOURCE PREFIX-LENGTH, SCOPE PREFIX-LENGTH (0 in queries), ADDRESS
+ * with exactly ceil(source/8) octets and no bits set past the source prefix; anything else
+ * is FORMERR (7.1.1). A second ECS option is FORMERR too. */
+static int parse_ecs(const uint8_t *p, uint16_t len, query_t *q)
+{
+    if (q->ecs || len < 4) {
+        return -1;
+    }
+    uint16_t family = rd_u16(p);
+    uint8_t src = p[2], scope = p[3];
+    unsigned max = family == 1 ? 32 : family == 2 ? 128 : 0;
+    size_t alen = (src + 7u) / 8u;
+    if (!max || src > max || scope != 0 || len != 4 + alen) {
+        return -1;
+    }
+    if (alen && (src % 8) && (p[4 + alen - 1] & (0xFF >> (src % 8)))) {
+        return -1;
+    }
+    q->ecs = true;
+    q->ecs_family = (uint8_t)family;
+    q->ecs_src = src;
+    memset(q->ecs_addr, 0, sizeof(q->ecs_addr));
+    memcpy(q->ecs_addr, p + 4, alen);
+    return 0;
+}
+
 static int parse_opt(const uint8_t *pkt, size_t rr, size_t rdata, uint16_t rdlen, query_t *q)
 {
     if (q->edns || pkt[rr] != 0) {
@@ -125,10 +161,101 @@ static int parse_opt(const uint8_t *pkt, size_t rr, size_t rdata, uint16_t rdlen
         }
         if (code == 3) {
             q->want_nsid = true; /* RFC 5001: the request's payload must be empty; ignore it */
+        } else if (code == 8 && parse_ecs(pkt + o + 4, olen, q) != 0) {
+            return -1;
         }
         o += 4u + olen; /* unknown options are ignored (RFC 6891 6.1.2) */
     }
     return 0;
+}
+
+/* A name inside RDATA at off, ending by `end`: labels, optionally ending in a pointer to an
+ * earlier name in the packet (followed to check it is well formed). Returns the offset after
+ * the name's in-place bytes, or 0. */
+static size_t rdata_name(const uint8_t *pkt, size_t end, size_t off, bool allow_ptr)
+{
+    size_t total = 0, ret = 0, pos = off, lim = end;
+    for (int guard = 0; guard < DNS_MAX_LABELS * 2; guard++) {
+        if (pos >= lim) {
+            return 0;
+        }
+        uint8_t l = pkt[pos];
+        if ((l & 0xC0) == 0xC0) {
+            if (!allow_ptr || pos + 2 > lim) {
+                return 0;
+            }
+            size_t to = ((size_t)(l & 0x3F) << 8) | pkt[pos + 1];
+            if (!ret) {
+                ret = pos + 2;
+            }
+            if (to >= pos) {
+                return 0; /* pointers go backwards: no loops */
+            }
+            pos = to;
+            lim = end; /* the target lies before us, inside the packet */
+            continue;
+        }
+        if (l & 0xC0) {
+            return 0;
+        }
+        total += (size_t)l + 1;
+        if (total > DNS_MAX_NAME) {
+            return 0;
+        }
+        pos += (size_t)l + 1;
+        if (l == 0) {
+            return ret ? ret : pos;
+        }
+    }
+    return 0;
+}
+
+/* RDATA of a known type must have the shape its descriptor gives (libknot's table of RR
+ * wire formats); Knot answers FORMERR to queries carrying malformed records, and so do we. */
+static bool rdata_valid(const uint8_t *pkt, size_t rdata, uint16_t rdlen, uint16_t type)
+{
+    if (rdlen == 0) {
+        return true; /* empty RDATA is well formed (RFC 2136 uses it; Knot accepts it) */
+    }
+    const knot_rdata_descriptor_t *d = knot_get_rdata_descriptor(type);
+    if (!d || !d->type_name) {
+        d = knot_get_obsolete_rdata_descriptor(type); /* MD, MF, MB, MG, MR, ... */
+    }
+    if (!d || !d->type_name) {
+        return true; /* unknown type: opaque (RFC 3597) */
+    }
+    size_t o = rdata, end = rdata + rdlen;
+    for (int i = 0; i < KNOT_MAX_RDATA_BLOCKS; i++) {
+        int b = d->block_types[i];
+        if (b == KNOT_RDATA_WF_END) {
+            break;
+        }
+        if (b > 0) {
+            if (o + (size_t)b > end) {
+                return false;
+            }
+            o += (size_t)b;
+        } else if (b == KNOT_RDATA_WF_REMAINDER) {
+            o = end;
+        } else if (b == KNOT_RDATA_WF_NAPTR_HEADER) {
+            if (o + 4 > end) {
+                return false;
+            }
+            o += 4;
+            for (int k = 0; k < 3; k++) {
+                if (o >= end || o + 1 + pkt[o] > end) {
+                    return false;
+                }
+                o += 1u + pkt[o];
+            }
+        } else {
+            o = rdata_name(pkt, end, o, b != KNOT_RDATA_WF_FIXED_DNAME);
+            if (!o) {
+                return false;
+            }
+        }
+    }
+    return o == end;
 }
 
 /* Returns 0 ok, -1 FORMERR. Parses past the question: other sections are skipped, OPT is
@@ -154,6 +281,8 @@ static int parse_rest(const uint8_t *pkt, size_t len, query_t *q)
             if (i < an + ns || parse_opt(pkt, rr, rdata, rdlen, q) != 0) {
                 return -1;
             }
+        } else if (!rdata_valid(pkt, rdata, rdlen, type)) {
+            return -1;
         }
         off = rdata + rdlen;
     }
@@ -569,6 +698,48 @@ static bool has_additional(uint16_t type)
 
 /* A load-balanced name: the pre-rendered A/AAAA RRsets of the available sites; other types
  * come from the zone's data at that name, if any (NODATA otherwise: the name exists). */
+/* A per-thread xorshift64* generator for weighted answers: no lock, no syscall. */
+static uint64_t rng_next(void)
+{
+    static __thread uint64_t x;
+    if (MS_UNLIKELY(x == 0)) {
+        x = time_mono_ns() ^ (uint64_t)(uintptr_t)&x;
+        x = x ? x : 0x9E3779B97F4A7C15ull;
+    }
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* The client class of this query for a locality-ordered name: the ECS address when the
+ * query carries one (with a non-zero source prefix), else the packet's source address. */
+static unsigned client_class(ctx_t *c)
+{
+    const query_t *q = c->q;
+    const pol_classifier_t *pc = c->snap->classifier;
+    unsigned scope = 0;
+    if (!pc) {
+        return 0;
+    }
+    if (q->ecs) {
+        if (q->ecs_src == 0) {
+            return 0; /* the resolver asks us not to use any client address (RFC 7871 7.1.2) */
+        }
+        unsigned cls = pol_classify(pc, q->ecs_family == 1 ? AF_INET : AF_INET6, q->ecs_addr,
+                                    q->ecs_src, &scope);
+        c->r->ecs_scope = (uint8_t)scope;
+        return cls;
+    }
+    if (!q->client) {
+        return 0;
+    }
+    if (q->client->sa.sa_family == AF_INET) {
+        return pol_classify(pc, AF_INET, (const uint8_t *)&q->client->sin.sin_addr, 32, &scope);
+    }
+    return pol_classify(pc, AF_INET6, (const uint8_t *)&q->client->sin6.sin6_addr, 128, &scope);
+}
+
 static void answer_lb(ctx_t *c, const snap_lb_t *lb, owner_t ow)
 {
     uint16_t qt = c->q->qtype;
@@ -579,9 +750,18 @@ static void answer_lb(ctx_t *c, const snap_lb_t *lb, owner_t ow)
             c->aa = false;
             return;
         }
-        const uint8_t *blob = qt == RR_AAAA ? lb->aaaa : lb->a;
+        const snap_class_t *cl = &lb->cls[0];
+        if (lb->locality) {
+            unsigned k = client_class(c);
+            cl = &lb->cls[k < lb->n_cls ? k : 0];
+        }
+        const snap_rrs_t *v = &cl->var[0];
+        if (cl->n_var > 1) {
+            v = &cl->var[cl->slot[rng_next() % SNAP_WEIGHT_SLOTS]];
+        }
+        const uint8_t *blob = qt == RR_AAAA ? v->aaaa : v->a;
         if (!blob && qt == RR_ANY) {
-            blob = lb->aaaa;
+            blob = v->aaaa;
         }
         if (blob) {
             rs.p = blob;
@@ -666,7 +846,10 @@ static void answer_in(ctx_t *c)
             }
             return;
         }
-        if ((n->flags & ZN_CNAME) && zone_node_find(n, RR_CNAME, &rs)) {
+        /* RRSIG and NSEC of a CNAME owner live at that owner: they are not followed
+         * (RFC 4035 3.1.4 and 2.5); without DNSSEC data that is NODATA, as Knot answers. */
+        if ((n->flags & ZN_CNAME) && q->qtype != RR_RRSIG && q->qtype != RR_NSEC &&
+            zone_node_find(n, RR_CNAME, &rs)) {
             if (!put_rrset(c->r, SEC_AN, ow, rs, zone_rrset_ttl(rs))) {
                 c->r->tc = true;
                 return;
@@ -739,10 +922,12 @@ static size_t opt_size(const snap_t *s, const query_t *q)
     if (!q->edns) {
         return 0;
     }
-    return 11 + (q->want_nsid && s->nsid_len ? 4u + s->nsid_len : 0);
+    return 11 + (q->want_nsid && s->nsid_len ? 4u + s->nsid_len : 0) +
+           (q->ecs ? 8u + (q->ecs_src + 7u) / 8u : 0);
 }
 
-static size_t put_opt(const snap_t *s, const query_t *q, uint8_t *p, unsigned ext_rcode)
+static size_t put_opt(const snap_t *s, const query_t *q, uint8_t *p, unsigned ext_rcode,
+                      uint8_t ecs_scope)
 {
     p[0] = 0;
     wr_u16(p + 1, RR_OPT);
@@ -757,6 +942,19 @@ static size_t put_opt(const snap_t *s, const query_t *q, uint8_t *p, unsigned ex
         wr_u16(p + 13, s->nsid_len);
         memcpy(p + 15, s->nsid, s->nsid_len);
         rdlen = 4u + s->nsid_len;
+    }
+    if (q->ecs) {
+        /* RFC 7871 7.2.1: echo family, source prefix and address; scope is how far the
+         * answer holds (0: it does not depend on the client). */
+        size_t alen = (q->ecs_src + 7u) / 8u;
+        uint8_t *o = p + 11 + rdlen;
+        wr_u16(o, 8);
+        wr_u16(o + 2, (uint16_t)(4 + alen));
+        wr_u16(o + 4, q->ecs_family);
+        o[6] = q->ecs_src;
+        o[7] = ecs_scope;
+        memcpy(o + 8, q->ecs_addr, alen);
+        rdlen += 8 + alen;
     }
     wr_u16(p + 9, (uint16_t)rdlen);
     return 11 + rdlen;
@@ -774,7 +972,7 @@ static size_t finish(const snap_t *s, const query_t *q, resp_t *r, unsigned rcod
     wr_u16(h + 8, r->count[SEC_NS]);
     wr_u16(h + 10, r->count[SEC_AR]);
     if (with_opt && q->edns) {
-        r->len += put_opt(s, q, r->buf + r->len, rcode >> 4);
+        r->len += put_opt(s, q, r->buf + r->len, rcode >> 4, r->ecs_scope);
         wr_u16(h + 10, (uint16_t)(r->count[SEC_AR] + 1));
     }
     if (st) {
@@ -792,6 +990,12 @@ static size_t finish(const snap_t *s, const query_t *q, resp_t *r, unsigned rcod
 size_t dns_answer(const snap_t *s, const uint8_t *pkt, size_t len, uint8_t *out, size_t cap,
                   bool tcp, dns_stats_t *st)
 {
+    return dns_answer_client(s, pkt, len, out, cap, tcp, NULL, st);
+}
+
+size_t dns_answer_client(const snap_t *s, const uint8_t *pkt, size_t len, uint8_t *out, size_t cap,
+                         bool tcp, const net_addr_t *client, dns_stats_t *st)
+{
     query_t q;
     if (len < HDR || (pkt[2] & 0x80) || cap < 512) {
         if (st) {
@@ -804,6 +1008,8 @@ size_t dns_answer(const snap_t *s, const uint8_t *pkt, size_t len, uint8_t *out,
     q.flags2 = pkt[3];
     q.opcode = (pkt[2] >> 3) & 0x0F;
     q.edns = false;
+    q.ecs = false;
+    q.client = client;
     q.want_nsid = false;
     q.edns_do = false;
     resp_t r = {.buf = out, .len = HDR, .limit = 512};

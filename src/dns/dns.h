@@ -41,6 +41,9 @@ typedef struct {
  * to carry an ID, or a response). Safe on any input bytes. `st` may be NULL. */
 size_t dns_answer(const snap_t *s, const uint8_t *q, size_t qlen, uint8_t *resp, size_t resp_cap,
                   bool tcp, dns_stats_t *st);
+/* The same, with the client's address (for locality ordering without ECS); may be NULL. */
+size_t dns_answer_client(const snap_t *s, const uint8_t *q, size_t qlen, uint8_t *resp,
+                         size_t resp_cap, bool tcp, const net_addr_t *client, dns_stats_t *st);
 
 /* ---- server ---- */
 typedef struct dns_server dns_server_t;

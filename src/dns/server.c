@@ -181,8 +181,8 @@ static void *udp_main(void *arg)
         for (int i = 0; i < n; i++) {
             size_t rl = 0;
             if (s && !(b->in[i].msg_hdr.msg_flags & MSG_TRUNC)) {
-                rl = dns_answer(s, b->qbuf[i], b->in[i].msg_len, b->rbuf[k], UDP_RESP_MAX, false,
-                                &w->stats);
+                rl = dns_answer_client(s, b->qbuf[i], b->in[i].msg_len, b->rbuf[k], UDP_RESP_MAX,
+                                       false, &b->addr[i], &w->stats);
             } else {
                 DNS_STAT_INC(&w->stats, dropped);
             }
@@ -226,6 +226,7 @@ static void *udp_main(void *arg)
 
 struct tcp_conn {
     int fd;
+    net_addr_t peer;
     uint64_t last_ms;
     size_t rlen;
     uint8_t *wbuf;
@@ -339,8 +340,8 @@ static void conn_read(tcp_state_t *t, tcp_conn_t *c)
             if (c->rlen - off < 2 + ml) {
                 break;
             }
-            size_t rl = s ? dns_answer(s, c->rbuf + off + 2, ml, t->resp, sizeof(t->resp), true,
-                                       &t->w->stats)
+            size_t rl = s ? dns_answer_client(s, c->rbuf + off + 2, ml, t->resp, sizeof(t->resp),
+                                              true, &c->peer, &t->w->stats)
                           : 0;
             DNS_STAT_INC(&t->w->stats, tcp);
             if (rl) {
@@ -366,7 +367,9 @@ static void conn_read(tcp_state_t *t, tcp_conn_t *c)
 static void tcp_accept(tcp_state_t *t, int lfd)
 {
     for (;;) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        net_addr_t peer;
+        socklen_t plen = sizeof(peer);
+        int fd = accept4(lfd, &peer.sa, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             return;
         }
@@ -380,6 +383,7 @@ static void tcp_accept(tcp_state_t *t, int lfd)
         tcp_conn_t *c = xmalloc(sizeof(*c));
         memset(c, 0, offsetof(tcp_conn_t, rbuf));
         c->fd = fd;
+        c->peer = peer;
         c->last_ms = time_mono_ms();
         c->reading = true;
         c->next = t->conns;

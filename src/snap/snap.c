@@ -2,6 +2,8 @@
  * counter increment, the writer a membarrier). */
 #include "snap.h"
 
+#include "policy/policy.h"
+
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +18,7 @@ struct snap_shared {
     unsigned refs; /* atomic: call_rcu frees snapshots on liburcu's own thread */
     conf_t *conf;
     zone_db_t *zones;
+    pol_classifier_t *classifier;
 };
 
 static snap_t *current;
@@ -49,18 +52,14 @@ static int parse_nsid(const char *s, uint8_t *out, size_t cap, size_t *len)
 
 /* ---- load-balanced names ---- */
 
-/* Render one RRset blob (zone.h layout) of the addresses of the sites in `set` with family
- * `af`, in the name's configured site order. NULL if there are none. */
-static uint8_t *render_rrset(const conf_t *c, const conf_name_t *nm, uint64_t set, int af,
-                             uint32_t ttl)
+/* Render one RRset blob (zone.h layout) of the addresses with family af of the sites in
+ * `order`, in that order. NULL if there are none. */
+static uint8_t *render_rrset(const conf_t *c, const size_t *order, size_t n, int af, uint32_t ttl)
 {
     uint16_t cnt = 0;
     size_t rdlen = af == AF_INET ? 4 : 16;
-    for (size_t i = 0; i < nm->n_sites; i++) {
-        const conf_site_t *site = &c->sites[nm->sites[i]];
-        if (!(set & (1ull << nm->sites[i]))) {
-            continue;
-        }
+    for (size_t i = 0; i < n; i++) {
+        const conf_site_t *site = &c->sites[order[i]];
         for (size_t k = 0; k < site->addrs.n; k++) {
             cnt += site->addrs.v[k].sa.sa_family == af;
         }
@@ -73,11 +72,8 @@ static uint8_t *render_rrset(const conf_t *c, const conf_name_t *nm, uint64_t se
     wr_u16(blob + 2, cnt);
     wr_u32(blob + 4, ttl);
     uint8_t *p = blob + 8;
-    for (size_t i = 0; i < nm->n_sites; i++) {
-        const conf_site_t *site = &c->sites[nm->sites[i]];
-        if (!(set & (1ull << nm->sites[i]))) {
-            continue;
-        }
+    for (size_t i = 0; i < n; i++) {
+        const conf_site_t *site = &c->sites[order[i]];
         for (size_t k = 0; k < site->addrs.n; k++) {
             const net_addr_t *a = &site->addrs.v[k];
             if (a->sa.sa_family != af) {
@@ -94,15 +90,90 @@ static uint8_t *render_rrset(const conf_t *c, const conf_name_t *nm, uint64_t se
     return blob;
 }
 
+static void render_variant(const conf_t *c, snap_rrs_t *v, const size_t *order, size_t n,
+                           uint32_t ttl)
+{
+    v->a = render_rrset(c, order, n, AF_INET, ttl);
+    v->aaaa = render_rrset(c, order, n, AF_INET6, ttl);
+}
+
+/* Weighted: variant k puts candidate k first, the rest in the class order; slots are dealt
+ * to variants in proportion to their weights (largest remainder), so a uniform slot draw
+ * picks the first site with probability weight / total. */
+static void render_weighted(const conf_t *c, const conf_name_t *nm, snap_class_t *cl, uint32_t ttl)
+{
+    unsigned w[64];
+    unsigned total = 0;
+    for (size_t k = 0; k < cl->n_order; k++) {
+        w[k] = 0;
+        for (size_t j = 0; j < nm->n_sites; j++) {
+            if (nm->sites[j] == cl->order[k]) {
+                w[k] = nm->weights[j];
+            }
+        }
+        total += w[k];
+    }
+    if (total == 0 || cl->n_order < 2) {
+        return; /* variant 0 only */
+    }
+    cl->var = xrealloc(cl->var, cl->n_order * sizeof(*cl->var));
+    size_t tmp[64];
+    for (size_t k = 1; k < cl->n_order; k++) {
+        tmp[0] = cl->order[k];
+        size_t m = 1;
+        for (size_t j = 0; j < cl->n_order; j++) {
+            if (j != k) {
+                tmp[m++] = cl->order[j];
+            }
+        }
+        render_variant(c, &cl->var[k], tmp, m, ttl);
+    }
+    cl->n_var = (uint8_t)cl->n_order;
+    unsigned given = 0, share[64];
+    for (size_t k = 0; k < cl->n_order; k++) {
+        share[k] = (unsigned)((uint64_t)w[k] * SNAP_WEIGHT_SLOTS / total);
+        given += share[k];
+    }
+    while (given < SNAP_WEIGHT_SLOTS) { /* largest remainders get the leftover slots */
+        size_t best = 0;
+        uint64_t best_rem = 0;
+        for (size_t k = 0; k < cl->n_order; k++) {
+            uint64_t rem = ((uint64_t)w[k] * SNAP_WEIGHT_SLOTS) % total;
+            if (w[k] && rem >= best_rem) {
+                best_rem = rem + 1;
+                best = k;
+            }
+        }
+        share[best]++;
+        given++;
+    }
+    unsigned slot = 0;
+    for (size_t k = 0; k < cl->n_order; k++) {
+        for (unsigned i = 0; i < share[k] && slot < SNAP_WEIGHT_SLOTS; i++) {
+            cl->slot[slot++] = (uint8_t)k;
+        }
+    }
+}
+
 static void render_lb(const conf_t *c, snap_lb_t *lb, const snap_state_t *st, uint64_t last)
 {
     const conf_name_t *nm = lb->conf;
+    pol_site_t ps[64];
     uint64_t up = 0, all = 0;
+    bool changing = false;
+    for (size_t i = 0; i < c->n_sites && i < 64; i++) {
+        ps[i].up = !st || !st->site_up || st->site_up[i];
+        ps[i].load = st && st->site_load ? st->site_load[i] : -1;
+        ps[i].rtt_ms = st && st->site_rtt ? st->site_rtt[i] : -1;
+    }
     for (size_t i = 0; i < nm->n_sites; i++) {
         size_t si = nm->sites[i];
         all |= 1ull << si;
-        if (!st || !st->site_up || st->site_up[si]) {
+        if (ps[si].up) {
             up |= 1ull << si;
+        }
+        if (st && st->site_changing && st->site_changing[si]) {
+            changing = true; /* B1: answers that may change soon get a short TTL */
         }
     }
     lb->servfail = false;
@@ -114,17 +185,47 @@ static void render_lb(const conf_t *c, snap_lb_t *lb, const snap_state_t *st, ui
         case CONF_FALLBACK_SERVFAIL: lb->servfail = true; break;
         default: set = all; break;
         }
+        /* Fallback: the chosen sites count as up for ordering. */
+        for (size_t i = 0; i < nm->n_sites; i++) {
+            ps[nm->sites[i]].up = (set >> nm->sites[i]) & 1;
+        }
     }
-    lb->answer_set = set;
-    lb->a = render_rrset(c, nm, set, AF_INET, nm->ttl);
-    lb->aaaa = render_rrset(c, nm, set, AF_INET6, nm->ttl);
+    lb->ttl = changing ? nm->ttl_min : nm->ttl;
+    lb->locality = pol_uses_locality(nm);
+    lb->n_cls = lb->locality ? pol_class_count(c) : 1;
+    lb->cls = xcalloc(lb->n_cls, sizeof(*lb->cls));
+    bool weighted = nm->n_order && nm->order[nm->n_order - 1] == CONF_ORDER_WEIGHTED;
+    for (unsigned k = 0; k < lb->n_cls; k++) {
+        snap_class_t *cl = &lb->cls[k];
+        cl->n_order = lb->servfail ? 0 : pol_order(c, nm, ps, k, cl->order);
+        cl->set = 0;
+        for (size_t i = 0; i < cl->n_order; i++) {
+            cl->set |= 1ull << cl->order[i];
+        }
+        cl->var = xcalloc(1, sizeof(*cl->var));
+        cl->n_var = 1;
+        render_variant(c, &cl->var[0], cl->order, cl->n_order, lb->ttl);
+        if (weighted) {
+            render_weighted(c, nm, cl, lb->ttl);
+        }
+    }
+    lb->answer_set = lb->cls[0].set;
+    lb->a = lb->cls[0].var[0].a;
+    lb->aaaa = lb->cls[0].var[0].aaaa;
 }
 
 static void lb_free_all(snap_t *s)
 {
     for (size_t i = 0; i < s->n_lb; i++) {
-        free(s->lb[i].a);
-        free(s->lb[i].aaaa);
+        for (unsigned k = 0; k < s->lb[i].n_cls; k++) {
+            snap_class_t *cl = &s->lb[i].cls[k];
+            for (unsigned v = 0; v < cl->n_var; v++) {
+                free(cl->var[v].a);
+                free(cl->var[v].aaaa);
+            }
+            free(cl->var);
+        }
+        free(s->lb[i].cls);
     }
     free(s->lb);
     free(s->lb_table);
@@ -262,6 +363,11 @@ int snap_build(conf_t *conf, snap_t **out, char *err, size_t errlen)
         snap_free(s);
         return rc;
     }
+    if (conf->n_names && pol_classifier_new(conf, &s->shared->classifier, err, errlen) != 0) {
+        snap_free(s);
+        return MS_ECONF;
+    }
+    s->classifier = s->shared->classifier;
     for (size_t i = 0; i < s->n_lb; i++) {
         render_lb(s->conf, &s->lb[i], NULL, 0);
     }
@@ -281,6 +387,7 @@ snap_t *snap_derive(const snap_t *cur, const snap_state_t *st)
     __atomic_fetch_add(&s->shared->refs, 1, __ATOMIC_RELAXED);
     s->conf = cur->conf;
     s->zones = cur->zones;
+    s->classifier = cur->classifier;
     char err[512];
     if (lb_setup(s, err, sizeof(err)) != 0) {
         /* cur passed the same checks with the same config and zones */
@@ -302,6 +409,7 @@ void snap_free(snap_t *s)
     lb_free_all(s);
     if (s->shared && __atomic_sub_fetch(&s->shared->refs, 1, __ATOMIC_ACQ_REL) == 0) {
         zone_db_free(s->shared->zones);
+        pol_classifier_free(s->shared->classifier);
         conf_free(s->shared->conf);
         free(s->shared);
     }

@@ -12,9 +12,28 @@
 #include "conf/conf.h"
 #include "zone/zone.h"
 
-/* A load-balanced name, pre-rendered: the A and AAAA RRsets of the sites available now, in
- * answer order, in the zone store's RRset format (zone_rrset_t), so answering one costs
- * what answering a static name costs. Rebuilt whenever site state changes. */
+/* One way to answer a load-balanced name: its A and AAAA RRsets, in the zone store's RRset
+ * format (zone_rrset_t), so answering costs what answering a static name costs. NULL: no
+ * address of that family among the sites. */
+typedef struct {
+    uint8_t *a;
+    uint8_t *aaaa;
+} snap_rrs_t;
+
+#define SNAP_WEIGHT_SLOTS 64
+
+/* The answers for one client class (see policy.h): the sites in order, and for order
+ * weighted one variant per possible first site with a table of 64 slots drawn per query. */
+typedef struct {
+    snap_rrs_t *var;
+    uint8_t n_var;
+    uint8_t slot[SNAP_WEIGHT_SLOTS]; /* variant index per slot (weighted) */
+    size_t order[64];                /* site indices of variant 0, in answer order */
+    size_t n_order;
+    uint64_t set; /* the sites in the answer */
+} snap_class_t;
+
+/* A load-balanced name, pre-rendered for every client class whenever site state changes. */
 typedef struct snap_lb {
     struct snap_lb *next; /* hash chain */
     uint32_t hash;
@@ -22,19 +41,28 @@ typedef struct snap_lb {
     uint8_t name[DNS_MAX_NAME]; /* lower-cased wire name */
     const zone_t *zone;
     const conf_name_t *conf;
-    uint8_t *a;          /* RRset blob or NULL (no IPv4 address among the answer's sites) */
-    uint8_t *aaaa;       /* same for IPv6 */
+    bool locality;     /* the order depends on the client: classify per query */
+    snap_class_t *cls; /* n_cls classes; class 0 = no locality information */
+    unsigned n_cls;
+    uint8_t *a; /* class 0, variant 0 (aliases, not owned) */
+    uint8_t *aaaa;
+    uint32_t ttl;        /* ttl, or ttl-min while a site's state may change soon */
     bool servfail;       /* no site available and fallback servfail */
     uint64_t last_set;   /* bit i = conf site i in the last non-empty available set */
-    uint64_t answer_set; /* the sites in the answer now */
+    uint64_t answer_set; /* the sites in class 0's answer */
 } snap_lb_t;
 
-/* The inputs a snapshot's answers depend on, besides config and zones. */
+/* The inputs a snapshot's answers depend on, besides config and zones. Arrays have
+ * conf->n_sites entries; NULL arrays mean: every site up, nothing known, nothing changing. */
 typedef struct {
-    const bool *site_up; /* conf->n_sites entries; NULL: every site up */
+    const bool *site_up;
+    const double *site_load; /* 0..1, < 0 unknown */
+    const double *site_rtt;  /* ms, < 0 unknown */
+    const bool *site_changing;
 } snap_state_t;
 
 typedef struct snap_shared snap_shared_t; /* config + zones, shared between snapshots */
+typedef struct pol_classifier pol_classifier_t;
 
 typedef struct snap {
     conf_t *conf;
@@ -48,6 +76,7 @@ typedef struct snap {
     size_t n_lb;
     snap_lb_t **lb_table;
     uint32_t lb_mask;
+    const pol_classifier_t *classifier; /* client classes for locality (owned by shared) */
 } snap_t;
 
 /* Build a snapshot from a config: loads every zone, checks and renders the load-balanced
