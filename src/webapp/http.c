@@ -408,8 +408,9 @@ static void page_index(webapp_t *w, struct MHD_Connection *conn, reply_t *r)
     html_text(b, w->web);
     buf_printf(b, "</b>, database <b>");
     html_text(b, id);
-    buf_printf(b, "</b> (%s).</p>\n<p>Session <code>%s</code>: visit %s", webapp_db_kind(w->db),
-               s.id, s.visits);
+    buf_printf(b, "</b> (%s).</p>\n<p>Session <code>%s</code>: visit ", webapp_db_kind(w->db),
+               s.id);
+    html_text(b, s.visits); /* a replicated row is input too: escape what the database says */
     buf_printf(b, ", started ");
     html_time(b, s.created_ms);
     buf_printf(b, ".</p>\n<p>Page views by site:");

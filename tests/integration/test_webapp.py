@@ -420,6 +420,42 @@ def test_bad_cookies_get_new_sessions(sqlite_site):
     assert s["id"] == sid and s["new"] is False and s["visits"] == 1, s
 
 
+HOSTILE_ROW = r"""
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], timeout=5)
+c.execute("INSERT INTO guestbook(id, site, web, author, message, created_ms)"
+          " VALUES (?, ?, ?, ?, ?, ?)",
+          (sys.argv[2], "<img src=x onerror=alert(1)>", 'w"eb', b"\xff\xfe<b>bytes",
+           "ctl\x01 </script> \u2028", "soon"))
+c.commit()
+"""
+
+
+def test_hostile_rows_from_the_database(sqlite_site):
+    """Rows arrive by replication from other sites, or any writer: they are input too. A row
+    with markup, invalid UTF-8 (a BLOB), control characters and a non-number timestamp must
+    come out escaped, as valid UTF-8 and valid JSON."""
+    web1, _, db = sqlite_site
+    rid = uuid.uuid4().hex
+    argv = ["/usr/bin/python3", "-c", HOSTILE_ROW, db, rid]
+    if os.geteuid() == 0:
+        argv = as_user(UNPRIV) + argv  # keep the WAL files owned by the web apps' user
+    subprocess.run(argv, check=True)
+    st, _, body = web1.get("/guestbook.json")  # req() decodes strictly: valid UTF-8
+    assert st == 200
+    e = [e for e in json.loads(body)["entries"] if e["id"] == rid]
+    assert len(e) == 1, body
+    e = e[0]
+    assert e["site"] == "<img src=x onerror=alert(1)>" and e["web"] == 'w"eb', e
+    assert e["author"] == "\ufffd\ufffd<b>bytes" and e["created_ms"] == 0, e
+    assert "</script>" not in body and e["message"] == "ctl\x01 </script> \u2028", e
+    st, _, page = web1.get("/")
+    assert st == 200
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "w&quot;eb" in page and "&lt;b&gt;bytes" in page and "</script>" not in page
+    assert "\x01" not in page
+
+
 # ---- PostgreSQL ----
 
 @pytest.fixture(scope="module")
