@@ -33,8 +33,9 @@ HB_PORT = 5400
 
 
 def mono_ms():
-    """CLOCK_MONOTONIC in ms: the clock the driver stamps its lines with (system-wide)."""
-    return time.clock_gettime(time.CLOCK_MONOTONIC) * 1000.0
+    """CLOCK_MONOTONIC in whole ms, truncated like the driver's line stamps (system-wide
+    clock, so comparable across namespaces)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000000
 
 
 def sh(*argv, check=True):
@@ -258,9 +259,16 @@ class Net:
         return d
 
     def close(self):
+        """Stop everything. Returns the drivers that did not exit cleanly on SIGTERM (exit
+        status, sanitizer reports): [(node, status, log tail)]."""
+        bad = []
         for d in self.drivers:
+            was_running = d.alive()
             d.kill(signal.SIGTERM)
+            if was_running and d.p.returncode != 0:
+                bad.append((d.node, d.p.returncode, d.log()))
         for ns in reversed(self.created):
             sh("ip", "netns", "del", ns, check=False)
         self.created = []
         sh("rm", "-rf", self.dir, check=False)
+        return bad

@@ -731,9 +731,11 @@ static int drive(int argc, char **argv)
         return 1;
     }
     hb_set_self(drv_hb, &drv_self);
+    /* Commands only from a pipe (libuv cannot poll a file or /dev/null). */
     uv_pipe_init(loop, &drv_in, 0);
-    uv_pipe_open(&drv_in, 0);
-    uv_read_start((uv_stream_t *)&drv_in, drv_alloc, drv_read);
+    if (uv_guess_handle(0) == UV_NAMED_PIPE && uv_pipe_open(&drv_in, 0) == 0) {
+        uv_read_start((uv_stream_t *)&drv_in, drv_alloc, drv_read);
+    }
     uv_signal_init(loop, &drv_sig);
     uv_signal_start(&drv_sig, drv_on_signal, SIGTERM);
     printf("ready t=%llu\n", (unsigned long long)time_mono_ms());
