@@ -253,7 +253,16 @@ static void record_lag(peer_t *p, const sync_batch_t *b)
 {
     uint64_t now = time_wall_ms();
     for (size_t i = 0; i < b->nentries; i++) {
-        uint64_t w = SYNC_HLC_WALL(b->entries[i].seq);
+        /* The origin's change time: the newest version it wrote in the entry. */
+        const sync_entry_t *e = &b->entries[i];
+        uint64_t h = e->clv.site == b->origin ? e->clv.hlc : 0;
+        for (unsigned c = 0; e->ver && c < b->tables[e->table].ncols; c++) {
+            h = e->ver[c].site == b->origin && e->ver[c].hlc > h ? e->ver[c].hlc : h;
+        }
+        if (!h) {
+            continue;
+        }
+        uint64_t w = SYNC_HLC_WALL(h);
         uint64_t lag = now > w ? now - w : 0;
         p->lag[p->lag_pos] = lag > UINT32_MAX ? UINT32_MAX : (uint32_t)lag;
         p->lag_pos = (p->lag_pos + 1) % LAG_SAMPLES;

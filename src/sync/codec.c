@@ -455,13 +455,14 @@ static int dec_batch(rd_t *r, arena_t *a, sync_batch_t *b)
     }
     b->nentries = ne;
     b->entries = arena_alloc(a, sizeof(sync_entry_t) * (ne ? ne : 1));
-    uint64_t prev = b->seq_lo;
+    uint64_t prev = b->seq_lo + 1;
     for (uint32_t i = 0; i < ne; i++) {
         int rc = dec_entry(r, a, b, &b->entries[i]);
         if (rc != 0) {
             return rc;
         }
-        if (b->entries[i].seq <= prev) {
+        /* Equal positions are allowed: a PostgreSQL window is one position (docs/sync.md). */
+        if (b->entries[i].seq < prev) {
             FAIL(r, "entries not in increasing position order");
         }
         prev = b->entries[i].seq;

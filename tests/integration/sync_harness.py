@@ -115,10 +115,11 @@ class PgServer:
     """A throwaway PostgreSQL 15 cluster owned by the postgres user, on a free port."""
 
     def __init__(self, base):
-        self.dir = os.path.join(base, "pg")
+        # pytest's temporary directories are private to root; the server runs as postgres.
+        import tempfile
+        self.dir = tempfile.mkdtemp(prefix="ms-sync-pg-")
         self.port = free_port()
-        os.makedirs(self.dir, exist_ok=True)
-        os.chmod(base, 0o755)
+        os.chmod(self.dir, 0o755)
         subprocess.run(["chown", "-R", "postgres:postgres", self.dir], check=True)
         self._as_pg([PGBIN + "/initdb", "-D", self.dir + "/data", "-U", "postgres", "-A", "trust",
                      "--no-sync"])
@@ -163,6 +164,8 @@ class PgServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        import shutil
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Site:

@@ -1,0 +1,119 @@
+"""Integration tests of multisite-syncd on a real PostgreSQL 15 (started here with initdb as
+the postgres user), and SQLite <-> PostgreSQL."""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from sync_harness import PGBIN, Cluster, wait_for  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not os.path.exists(PGBIN + "/initdb"),
+                                reason="PostgreSQL 15 is not installed (scripts/deps.sh)")
+
+PG_ITEMS = ("CREATE TABLE items(id bigint PRIMARY KEY, a text, b bigint, c double precision, "
+            "d text, e bytea)")
+
+
+@pytest.fixture
+def pg2(tmp_path):
+    c = Cluster(tmp_path, 2, schema=PG_ITEMS, backend="postgresql")
+    c.init()
+    c.start()
+    yield c
+    c.stop()
+
+
+def test_pg_init_refuses_table_without_primary_key(tmp_path):
+    c = Cluster(tmp_path, 1, tables=("items", "nokey"),
+                schema=PG_ITEMS + "; CREATE TABLE nokey(x int, y text)", backend="postgresql")
+    try:
+        r = c.sites[0].run("init", check=False)
+        assert r.returncode != 0
+        assert "table nokey has no primary key" in r.stderr
+    finally:
+        c.stop()
+
+
+def test_pg_replicates_both_ways_with_conflict_log(pg2):
+    a, b = pg2.sites
+    a.sql("INSERT INTO items VALUES(1, 'one', 1, 1.5, 'x', '\\x00ff'::bytea)")
+    b.sql("INSERT INTO items VALUES(2, 'two', 2, 2.5, NULL, NULL)")
+    pg2.wait_synced()
+    a.sql("UPDATE items SET b = 10 WHERE id = 2")
+    b.sql("DELETE FROM items WHERE id = 1")
+    pg2.wait_synced()
+    assert a.sql("SELECT id, a, b, c FROM items") == [(2, "two", 10, 2.5)]
+    b.stop()
+    a.sql("UPDATE items SET a = 'from-a' WHERE id = 2")
+    time.sleep(0.01)
+    b.sql("UPDATE items SET a = 'from-b', d = 'db' WHERE id = 2")
+    b.start()
+    pg2.wait_synced()
+    assert a.sql("SELECT a, b, d FROM items") == [("from-b", 10, "db")]
+    logs = a.sql("SELECT col, local_val, remote_val, winner FROM rep_conflict") + \
+        b.sql("SELECT col, local_val, remote_val, winner FROM rep_conflict")
+    assert logs and all(col == "a" and {lv, rv} == {"from-a", "from-b"} and
+                        (lv if w == "local" else rv) == "from-b" for col, lv, rv, w in logs)
+
+
+def test_pg_long_transaction_is_not_skipped(pg2):
+    """F1: a transaction that started first and commits last must still be shipped."""
+    import psycopg2
+    a, b = pg2.sites
+    slow = psycopg2.connect(a.db)
+    cur = slow.cursor()
+    cur.execute("INSERT INTO items(id, a) VALUES(100, 'long')")  # open, uncommitted
+    for i in range(20):
+        a.sql("INSERT INTO items(id, a) VALUES(%d, 'short')" % i)
+    wait_for(lambda: b.sql("SELECT count(*) FROM items") == [(20,)], what="short txns at b")
+    time.sleep(0.3)  # several ticks pass while the long transaction is open
+    slow.commit()
+    slow.close()
+    pg2.wait_synced()
+    assert b.sql("SELECT a FROM items WHERE id = 100") == [("long",)]
+
+
+def test_pg_constraint_violation_is_quarantined(pg2):
+    a, b = pg2.sites
+    b.sql("CREATE UNIQUE INDEX only_on_b ON items(d)")
+    a.sql("INSERT INTO items(id, d) VALUES(1, 'same')")
+    a.sql("INSERT INTO items(id, d) VALUES(2, 'same'); INSERT INTO items(id, d) VALUES(3, 'x')")
+    wait_for(lambda: b.sql("SELECT count(*) FROM items") == [(2,)], what="1 and 3 applied")
+    q = b.sql("SELECT pk, kind FROM rep_quarantine")
+    assert q == [("2", "constraint")], q
+    b.sql("DROP INDEX only_on_b")
+    pg2.wait_synced()
+    assert b.sql("SELECT count(*) FROM rep_quarantine") == [(0,)]
+
+
+def test_sqlite_and_postgresql_sites_converge(tmp_path):
+    c = Cluster(tmp_path, 2, schema=None, backend="postgresql")
+    a, b = c.sites
+    # turn site 2 into a SQLite site
+    b.backend = "sqlite"
+    b.db = os.path.join(c.dir, "db2.sqlite")
+    b.write_conf()
+    a.write_conf()
+    a.script(PG_ITEMS)
+    b.script("CREATE TABLE items(id INTEGER PRIMARY KEY, a TEXT, b INTEGER, c REAL, d TEXT, "
+             "e BLOB)")
+    c.init()
+    c.start()
+    try:
+        a.sql("INSERT INTO items VALUES(1, 'pg', 7, 0.25, NULL, '\\x0102'::bytea)")
+        b.sql("INSERT INTO items VALUES(2, 'lite', 8, 0.5, 'd', x'0304')")
+        wait_for(lambda: len(a.sql("SELECT * FROM items")) == 2 and
+                 len(b.sql("SELECT * FROM items")) == 2, what="both rows at both sites")
+        assert a.sql("SELECT id, a, b, c, d, e FROM items ORDER BY id")[1][:5] == \
+            (2, "lite", 8, 0.5, "d")
+        assert bytes(a.sql("SELECT e FROM items WHERE id = 2")[0][0]) == b"\x03\x04"
+        assert b.sql("SELECT id, a, b, c, e FROM items WHERE id = 1") == \
+            [(1, "pg", 7, 0.25, b"\x01\x02")]
+    finally:
+        c.stop()
