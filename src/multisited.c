@@ -1,6 +1,7 @@
 /* multisited.c: the multisite DNS daemon's entry: arguments, config check, snapshot, DNS
  * threads, and the control-plane event loop (signals now; probes and heartbeats later). */
 #include "dns/dns.h"
+#include "health/health.h"
 
 #include <getopt.h>
 #include <signal.h>
@@ -25,6 +26,64 @@ typedef struct {
 static args_t args;
 static uv_loop_t *loop;
 static dns_server_t *server;
+static health_t *health;
+
+/* Site verdicts -> a new snapshot with the load-balanced names rendered for them. Runs on
+ * the loop thread: after every verdict change, and after a reload. */
+static void publish_state(void)
+{
+    const snap_t *cur = snap_current();
+    if (!cur || cur->conf->n_sites == 0 || !health) {
+        return;
+    }
+    bool up[64], changing[64];
+    double load[64], rtt[64];
+    size_t n = health_site_count(health);
+    for (size_t i = 0; i < n && i < 64; i++) {
+        const health_site_t *hs = health_site(health, i);
+        /* UNKNOWN (no result yet) counts as up: a restart must not empty the answers. */
+        up[i] = hs->state != HEALTH_DOWN;
+        changing[i] = hs->changing;
+        load[i] = hs->load;
+        rtt[i] = hs->rtt_ms;
+    }
+    snap_state_t st = {up, load, rtt, changing};
+    snap_t *s = snap_derive(cur, &st);
+    for (size_t i = 0; i < s->n_lb; i++) {
+        const snap_lb_t *lb = &s->lb[i];
+        const snap_lb_t *old = i < cur->n_lb ? &cur->lb[i] : NULL;
+        if (!old || old->answer_set != lb->answer_set || old->servfail != lb->servfail) {
+            char sites[256] = "";
+            for (size_t k = 0; k < lb->conf->n_sites; k++) {
+                size_t si = lb->conf->sites[k];
+                if (lb->answer_set & (1ull << si)) {
+                    strncat(sites, *sites ? ", " : "", sizeof(sites) - strlen(sites) - 1);
+                    strncat(sites, cur->conf->sites[si].name, sizeof(sites) - strlen(sites) - 1);
+                }
+            }
+            log_info("name %s now answers: %s", lb->conf->name,
+                     lb->servfail ? "SERVFAIL (no site available)" : sites);
+        }
+    }
+    snap_publish(s);
+}
+
+static void on_health(void *ud)
+{
+    (void)ud;
+    publish_state();
+}
+
+static int start_health(const conf_t *c)
+{
+    health_t *h = NULL;
+    if (c->n_sites > 0 && health_new(loop, c, health, on_health, NULL, &h) != 0) {
+        return MS_ECONF;
+    }
+    health_free(health);
+    health = h;
+    return 0;
+}
 
 static void usage(FILE *f)
 {
@@ -148,6 +207,11 @@ static void on_reload(uv_signal_t *h, int signum)
     }
     log_set_level((log_level_t)s->conf->log_level);
     snap_publish(s);
+    if (start_health(s->conf) != 0) {
+        log_err("reload: cannot start the probes of the new configuration; keeping the old "
+                "probes");
+    }
+    publish_state();
     log_info("reload done: generation %llu", (unsigned long long)s->generation);
 }
 
@@ -266,6 +330,11 @@ int main(int argc, char **argv)
         return 1;
     }
     loop = uv_default_loop();
+    if (start_health(s->conf) != 0) {
+        dns_server_stop(server);
+        snap_shutdown();
+        return 1;
+    }
     uv_signal_t sig_hup, sig_term, sig_int;
     uv_signal_init(loop, &sig_hup);
     uv_signal_init(loop, &sig_term);
@@ -284,13 +353,15 @@ int main(int argc, char **argv)
                  (unsigned long long)s->generation);
     }
     uv_run(loop, UV_RUN_DEFAULT);
+    health_free(health);
+    health = NULL;
     dns_server_stop(server);
     dns_stats_t st;
     (void)st;
     uv_close((uv_handle_t *)&sig_hup, NULL);
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
+    uv_run(loop, UV_RUN_DEFAULT); /* let every closing handle finish */
     snap_shutdown();
     snap_reader_unregister();
     free(args.zone_args);
