@@ -194,6 +194,9 @@ def knot_config(workdir, port, zones, v6=True, udp_workers=2, tcp_workers=1,
         f"    udp-workers: {udp_workers}\n"
         f"    tcp-workers: {tcp_workers}\n"
         "    background-workers: 1\n"
+        # multisited implements ECS (RFC 7871) for its load-balanced names, so it echoes the
+        # option; knotd does too only with this on.
+        "    edns-client-subnet: on\n"
         f"{extra}"
         "database:\n"
         f"    storage: {workdir}\n"

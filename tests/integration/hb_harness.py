@@ -179,8 +179,11 @@ def wait_for(cond, deadline, what, interval=0.02):
 class Net:
     """A hub namespace with a bridge and one namespace per node, 10.213.0.<i+1>/24."""
 
+    serial = 0
+
     def __init__(self, nodes):
-        self.tag = f"hb{os.getpid() % 100000}"
+        Net.serial += 1
+        self.tag = f"hb{os.getpid()}n{Net.serial}"
         self.nodes = list(nodes)
         self.dir = tempfile.mkdtemp(prefix="ms-hb-")
         self.key = os.path.join(self.dir, "hb.key")

@@ -116,6 +116,13 @@ def edns_view(msg):
 def diff_messages(knot, ours, allow):
     """Differences between two replies as readable strings, after the allowances."""
     out = []
+    if "formerr" in allow or ("ecs-scope" in allow and ours.rcode() == dns.rcode.FORMERR):
+        if ours.rcode() != dns.rcode.FORMERR or ours.answer or ours.authority or \
+                ours.additional or ours.edns != 0:
+            out.append(f"want FORMERR with OPT and no records from ours, got "
+                       f"{dns.rcode.to_text(ours.rcode())}, EDNS {ours.edns}, "
+                       f"{len(ours.answer)}/{len(ours.authority)}/{len(ours.additional)} RRsets")
+        return out
     if knot.opcode() != ours.opcode():
         out.append(f"opcode: knot {dns.opcode.to_text(knot.opcode())} "
                    f"ours {dns.opcode.to_text(ours.opcode())}")
@@ -220,6 +227,13 @@ ALLOWANCES = {
     "partial-additional": "RFC 2181 sec. 9: when not every additional address fits, which "
                           "ones to send is the server's choice (and TC stays clear); ours must "
                           "send only complete address RRsets from the zone.",
+    "formerr": "RFC 7871 sec. 6: an ECS option with more ADDRESS octets than SOURCE "
+               "PREFIX-LENGTH needs, or non-zero bits past it, SHOULD get FORMERR; knotd "
+               "accepts it and answers. Ours must answer FORMERR, with an OPT record "
+               "(RFC 6891 sec. 6.1.1) and no records.",
+    "ecs-scope": "RFC 7871 sec. 6 says SCOPE PREFIX-LENGTH MUST be 0 in queries but not how "
+                 "a server treats one that is not; knotd ignores it. Ours may answer it as "
+                 "for \"formerr\" (FORMERR with OPT, no records) or like knotd.",
     "aa": "RFC 4892 says nothing of AA for CHAOS id.server/version.bind; knotd clears it.",
     "notimp": "Issue 2 asks NOTIMP for every opcode but QUERY. knotd implements NOTIFY and "
               "UPDATE and answers NOTAUTH without an ACL; RFC 1035 sec. 4.1.1 lets a server "
@@ -449,6 +463,28 @@ CASES = [
     C("EDNS-unknown-option", "web.example.com", "A", options=[UNKNOWN_OPT]),
     C("EDNS-cookie-ignored", "web.example.com", "A", options=[COOKIE_OPT]),
     C("EDNS-ECS-ignored", "web.example.com", "A", options=[ECS_OPT]),
+    # ECS (RFC 7871): both implement it (knotd with edns-client-subnet: on), so both echo.
+    C("ECS-v4-32", "web.example.com", "A", options=[dns.edns.ECSOption("192.0.2.77", 32)]),
+    C("ECS-v6-56", "web.example.com", "AAAA",
+      options=[dns.edns.ECSOption("2001:db8:1:2::", 56)]),
+    C("ECS-v4-0", "web.example.com", "A", options=[dns.edns.ECSOption("0.0.0.0", 0)]),
+    C("ECS-on-NXDOMAIN", "nonexistent.example.com", "A", options=[ECS_OPT]),
+    C("ECS-on-REFUSED", "www.example.org", "A", options=[ECS_OPT], allow=["ede"]),
+    C("ECS-with-NSID", "web.example.com", "A", options=[ECS_OPT, NSID_OPT]),
+    C("ECS-bad-family-3", "web.example.com", "A",
+      options=[dns.edns.GenericOption(8, b"\x00\x03\x18\x00\xc0\x00\x02")]),
+    C("ECS-v4-prefix-33", "web.example.com", "A",
+      options=[dns.edns.GenericOption(8, b"\x00\x01\x21\x00\xc0\x00\x02\x01\x01")]),
+    C("ECS-address-octet-past-prefix", "web.example.com", "A", allow=["formerr"],
+      options=[dns.edns.GenericOption(8, b"\x00\x01\x18\x00\xc0\x00\x02\x01")]),
+    C("ECS-bits-past-prefix", "web.example.com", "A", allow=["formerr"],
+      options=[dns.edns.GenericOption(8, b"\x00\x01\x17\x00\xc0\x00\x03")]),
+    C("ECS-address-too-long", "web.example.com", "A", allow=["formerr"],
+      options=[dns.edns.GenericOption(8, b"\x00\x01\x08\x00\xc0\x00\x02")]),
+    C("ECS-scope-in-query", "web.example.com", "A", allow=["ecs-scope"],
+      options=[dns.edns.GenericOption(8, b"\x00\x01\x18\x10\xc0\x00\x02")]),
+    C("ECS-truncated", "web.example.com", "A",
+      options=[dns.edns.GenericOption(8, b"\x00\x01")]),
     C("EDNS-padding-ignored", "web.example.com", "A", options=[PADDING_OPT]),
     C("NSID", "web.example.com", "A", options=[NSID_OPT], expect={"nsid": b"ns1.test"}),
     C("NSID-with-unknown", "example.com", "SOA", options=[UNKNOWN_OPT, NSID_OPT]),
