@@ -64,7 +64,7 @@ static void utf8_encode(buf_t *out, uint32_t cp)
 
 #define REPLACEMENT "\xEF\xBF\xBD" /* U+FFFD */
 
-/* Copy s[0..len) as valid UTF-8 without control bytes (except \n and \t); with html, also
+/* Copy s[0..len) as valid UTF-8 without control characters (but \n and \t); with html, also
  * escape the five characters that mean something in HTML text and attributes. */
 static void clean(buf_t *out, const char *s, size_t len, bool html)
 {
@@ -91,8 +91,8 @@ static void clean(buf_t *out, const char *s, size_t len, bool html)
         }
         if (ent) {
             buf_append(out, ent, strlen(ent));
-        } else if ((cp < 0x20 && cp != '\n' && cp != '\t') || cp == 0x7F) {
-            buf_append(out, REPLACEMENT, 3);
+        } else if ((cp < 0x20 && cp != '\n' && cp != '\t') || (cp >= 0x7F && cp < 0xA0)) {
+            buf_append(out, REPLACEMENT, 3); /* C0 and C1 controls, DEL */
         } else {
             buf_append(out, p + i, n);
         }

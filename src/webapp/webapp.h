@@ -49,7 +49,7 @@ void webapp_stop(webapp_t *w);
 
 /* ---- pure helpers, exposed for the unit tests ---- */
 
-/* Append s[0..len) HTML-escaped (& < > " ' and every control byte but \n and \t); bytes that
+/* Append s[0..len) HTML-escaped (& < > " ' and every control character but \n and \t); bytes that
  * are not valid UTF-8 become U+FFFD, so the page is always valid UTF-8. */
 void webapp_html_escape(buf_t *out, const char *s, size_t len);
 /* The same for text/plain: only invalid UTF-8 and control bytes are replaced. */
@@ -79,8 +79,8 @@ bool webapp_id_valid(const char *s);
 /* A fresh random id (getrandom); out has room for WEBAPP_ID_LEN + 1. */
 void webapp_id_new(char *out);
 
-/* User text we store: valid UTF-8, 1..max_len bytes after trimming nothing, no control
- * characters except (when multiline) \n, \r and \t. */
+/* User text we store: valid UTF-8 of 1..max_len bytes, no control characters (C0, DEL, C1)
+ * except, when multiline, \n, \r and \t. */
 bool webapp_text_ok(const char *s, size_t len, size_t max_len, bool multiline);
 
 /* Database spec: "sqlite:PATH" -> WEBAPP_DB_SQLITE with *target = PATH; "postgresql://...",
