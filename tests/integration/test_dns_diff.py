@@ -17,6 +17,7 @@ which rcode. test_tcp_pipelining, test_ipv6 and test_quick_mode cover the transp
 """
 
 import io
+import signal
 import os
 import socket
 import struct
@@ -1356,3 +1357,89 @@ def test_udp_max_payload(workdir, v6, size):
         assert rc == 0
     finally:
         k.stop()
+
+
+def test_reload_under_load(workdir, v6):
+    """SIGHUP while queries stream in from three clients: every query is answered, the
+    address is always one of the two versions, the SOA serial a client sees never goes back,
+    and each new version shows up. Ten reloads, alternating web.example.com's address."""
+    import shutil
+    import tempfile
+    import threading
+    d = tempfile.mkdtemp(prefix="reload-", dir=workdir)
+    zones = {}
+    for o, f in h.ZONES.items():
+        zones[o] = os.path.join(d, os.path.basename(f))
+        shutil.copy(f, zones[o])
+    with open(zones["example.com"]) as f:
+        base = f.read()
+    assert "web         A       192.0.2.80" in base
+
+    def write(i):
+        addr = "192.0.2.80" if i % 2 == 0 else "192.0.2.81"
+        text = base.replace("2026112701 ; serial", f"{2026112701 + i} ; serial")
+        text = text.replace("web         A       192.0.2.80", f"web         A       {addr}")
+        tmp = zones["example.com"] + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, zones["example.com"])
+        return addr, 2026112701 + i
+
+    srv = h.start_multisited(workdir, zones=zones, v6=v6)
+    stop, errors, seen = threading.Event(), [], set()
+
+    def load():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(TIMEOUT)
+        s.connect((srv.addr, srv.port))
+        q = dns.message.make_query("web.example.com", "A")
+        qs = dns.message.make_query("example.com", "SOA")
+        n, last_serial = 0, 0
+        try:
+            while not stop.is_set():
+                n += 1
+                for m in (q, qs):
+                    m.id = n & 0xFFFF
+                    s.send(m.to_wire())
+                    r = dns.message.from_wire(s.recv(65535))
+                    if r.id != m.id or r.rcode() != NOERROR or len(r.answer) != 1:
+                        errors.append(f"bad reply during reload: {r.to_text()}")
+                        return
+                    if m is q:
+                        a = r.answer[0][0].address
+                        if a not in ("192.0.2.80", "192.0.2.81"):
+                            errors.append(f"web.example.com. A {a} during reload")
+                        seen.add(a)
+                    else:
+                        serial = r.answer[0][0].serial
+                        if serial < last_serial:
+                            errors.append(f"SOA serial went back {last_serial} -> {serial}")
+                        last_serial = serial
+        except socket.timeout:
+            errors.append(f"query {n} unanswered during reload")
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        for i in range(1, 11):
+            addr, serial = write(i)
+            srv.signal(signal.SIGHUP)
+
+            def new_data():
+                q = dns.message.make_query("web.example.com", "A")
+                r = dns.query.udp(q, srv.addr, port=srv.port, timeout=TIMEOUT)
+                return r.answer and r.answer[0][0].address == addr
+
+            h.wait_for(new_data, 10, f"reload {i} to serve {addr} (serial {serial})")
+            assert not errors, errors[:3]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        rc = srv.stop()
+    assert not errors, errors[:3]
+    assert seen == {"192.0.2.80", "192.0.2.81"}, seen
+    assert rc == 0, srv.log_tail()
