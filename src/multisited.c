@@ -1,7 +1,8 @@
 /* multisited.c: the multisite DNS daemon's entry: arguments, config check, snapshot, DNS
  * threads, and the control-plane event loop (signals now; probes and heartbeats later). */
 #include "dns/dns.h"
-#include "health/health.h"
+#include "cluster/cluster.h"
+#include "heartbeat/heartbeat.h"
 
 #include <getopt.h>
 #include <signal.h>
@@ -26,64 +27,7 @@ typedef struct {
 static args_t args;
 static uv_loop_t *loop;
 static dns_server_t *server;
-static health_t *health;
-
-/* Site verdicts -> a new snapshot with the load-balanced names rendered for them. Runs on
- * the loop thread: after every verdict change, and after a reload. */
-static void publish_state(void)
-{
-    const snap_t *cur = snap_current();
-    if (!cur || cur->conf->n_sites == 0 || !health) {
-        return;
-    }
-    bool up[64], changing[64];
-    double load[64], rtt[64];
-    size_t n = health_site_count(health);
-    for (size_t i = 0; i < n && i < 64; i++) {
-        const health_site_t *hs = health_site(health, i);
-        /* UNKNOWN (no result yet) counts as up: a restart must not empty the answers. */
-        up[i] = hs->state != HEALTH_DOWN;
-        changing[i] = hs->changing;
-        load[i] = hs->load;
-        rtt[i] = hs->rtt_ms;
-    }
-    snap_state_t st = {up, load, rtt, changing};
-    snap_t *s = snap_derive(cur, &st);
-    for (size_t i = 0; i < s->n_lb; i++) {
-        const snap_lb_t *lb = &s->lb[i];
-        const snap_lb_t *old = i < cur->n_lb ? &cur->lb[i] : NULL;
-        if (!old || old->answer_set != lb->answer_set || old->servfail != lb->servfail) {
-            char sites[256] = "";
-            for (size_t k = 0; k < lb->conf->n_sites; k++) {
-                size_t si = lb->conf->sites[k];
-                if (lb->answer_set & (1ull << si)) {
-                    strncat(sites, *sites ? ", " : "", sizeof(sites) - strlen(sites) - 1);
-                    strncat(sites, cur->conf->sites[si].name, sizeof(sites) - strlen(sites) - 1);
-                }
-            }
-            log_info("name %s now answers: %s", lb->conf->name,
-                     lb->servfail ? "SERVFAIL (no site available)" : sites);
-        }
-    }
-    snap_publish(s);
-}
-
-static void on_health(void *ud)
-{
-    (void)ud;
-    publish_state();
-}
-
-static int start_health(const conf_t *c)
-{
-    health_t *h = NULL;
-    if (c->n_sites > 0 && health_new(loop, c, health, on_health, NULL, &h) != 0) {
-        return MS_ECONF;
-    }
-    health_free(health);
-    health = h;
-    return 0;
-}
+static cluster_t *cluster;
 
 static void usage(FILE *f)
 {
@@ -91,6 +35,7 @@ static void usage(FILE *f)
                "       multisited --zone ORIGIN=FILE [--zone ...] --listen ADDR:PORT [...]\n"
                "                  [--udp-threads N] [--tcp-threads N] [--identity S]\n"
                "                  [--nsid S] [--version S] [--log-level L]\n"
+               "       multisited keygen [--add] FILE   write a heartbeat key file (0600)\n"
                "       multisited --help-config         list every config option\n"
                "       multisited -V                    print the program version\n");
 }
@@ -207,11 +152,9 @@ static void on_reload(uv_signal_t *h, int signum)
     }
     log_set_level((log_level_t)s->conf->log_level);
     snap_publish(s);
-    if (start_health(s->conf) != 0) {
-        log_err("reload: cannot start the probes of the new configuration; keeping the old "
-                "probes");
+    if (cluster_reload(cluster) != 0) {
+        log_err("reload: cannot start the probes or heartbeats of the new configuration");
     }
-    publish_state();
     log_info("reload done: generation %llu", (unsigned long long)s->generation);
 }
 
@@ -300,8 +243,28 @@ static int parse_args(int argc, char **argv)
     return 0;
 }
 
+/* multisited keygen [--add] FILE: a pre-shared heartbeat key file (mode 0600). */
+static int keygen_main(int argc, char **argv)
+{
+    bool add = argc == 4 && strcmp(argv[2], "--add") == 0;
+    if (argc != 3 && !add) {
+        fprintf(stderr, "usage: multisited keygen [--add] FILE\n");
+        return 2;
+    }
+    log_init("multisited", false, LOG_LVL_INFO);
+    const char *path = argv[argc - 1];
+    if (hb_keygen(path, add) != 0) {
+        return 1;
+    }
+    printf("%s: %s\n", path, add ? "new key added (senders use it now)" : "key written");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "keygen") == 0) {
+        return keygen_main(argc, argv);
+    }
     int rc = parse_args(argc, argv);
     if (rc != 0) {
         return rc;
@@ -330,7 +293,7 @@ int main(int argc, char **argv)
         return 1;
     }
     loop = uv_default_loop();
-    if (start_health(s->conf) != 0) {
+    if (cluster_new(loop, &cluster) != 0) {
         dns_server_stop(server);
         snap_shutdown();
         return 1;
@@ -353,8 +316,8 @@ int main(int argc, char **argv)
                  (unsigned long long)s->generation);
     }
     uv_run(loop, UV_RUN_DEFAULT);
-    health_free(health);
-    health = NULL;
+    cluster_free(cluster);
+    cluster = NULL;
     dns_server_stop(server);
     dns_stats_t st;
     (void)st;

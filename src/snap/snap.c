@@ -162,7 +162,11 @@ static void render_lb(const conf_t *c, snap_lb_t *lb, const snap_state_t *st, ui
     uint64_t up = 0, all = 0;
     bool changing = false;
     for (size_t i = 0; i < c->n_sites && i < 64; i++) {
-        ps[i].up = !st || !st->site_up || st->site_up[i];
+        const bool *upv = st ? st->site_up : NULL;
+        if (st && st->site_up_safe && nm->partition == CONF_PARTITION_SAFETY) {
+            upv = st->site_up_safe;
+        }
+        ps[i].up = !upv || upv[i];
         ps[i].load = st && st->site_load ? st->site_load[i] : -1;
         ps[i].rtt_ms = st && st->site_rtt ? st->site_rtt[i] : -1;
     }

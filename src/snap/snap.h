@@ -59,6 +59,8 @@ typedef struct {
     const double *site_load; /* 0..1, < 0 unknown */
     const double *site_rtt;  /* ms, < 0 unknown */
     const bool *site_changing;
+    const bool *site_up_safe; /* availability for names with partition: safety (B3); NULL:
+                               * same as site_up */
 } snap_state_t;
 
 typedef struct snap_shared snap_shared_t; /* config + zones, shared between snapshots */
