@@ -110,6 +110,8 @@ typedef struct {
     bool any_limit;
 } load_acc_t;
 
+/* "web1 DOWN L4CON" for a server that is not UP. The names come from the network: control
+ * characters are replaced (they end up in logs), and each part is cut at 48 bytes. */
 static void note_down(char *buf, size_t size, const span_t *v)
 {
     span_t chk = v[C_CHECK_STATUS];
@@ -117,9 +119,11 @@ static void note_down(char *buf, size_t size, const span_t *v)
         chk.p += 2;
         chk.n -= 2;
     }
-    hs_appendf(buf, size, "%s%.*s %.*s%s%.*s", buf[0] ? ", " : "", (int)v[C_SVNAME].n,
-               v[C_SVNAME].p, (int)v[C_STATUS].n, v[C_STATUS].p, chk.n ? " " : "", (int)chk.n,
-               chk.p);
+    char sv[49], st[49], ck[49];
+    printable(sv, sizeof(sv), v[C_SVNAME].p, v[C_SVNAME].n);
+    printable(st, sizeof(st), v[C_STATUS].p, v[C_STATUS].n);
+    printable(ck, sizeof(ck), chk.p, chk.n);
+    hs_appendf(buf, size, "%s%s %s%s%s", buf[0] ? ", " : "", sv, st, ck[0] ? " " : "", ck);
 }
 
 int hp_parse_stat(const char *data, size_t len, const char *web_be, const char *db_be,

@@ -16,7 +16,11 @@
  * backend server up (and the db backend up, when configured). Every transition is logged
  * with its reasons, e.g.  site eu DOWN: 0/3 web servers answer; db page lacks "db-eu-1"
  *
- * Threading: everything here runs on the loop's thread; the change callback too. */
+ * A site whose monitor is "heartbeat" gets no probes here: probed=false, state UNKNOWN.
+ *
+ * Threading: everything here runs on the loop's thread, the change callback too; the
+ * health_site_t values may be read there at any time (copy them into a snapshot for other
+ * threads). docs/health.md has the probe details, the state machine and the defaults. */
 #ifndef MS_HEALTH_H
 #define MS_HEALTH_H
 
@@ -27,27 +31,38 @@
 typedef enum { HEALTH_UNKNOWN = 0, HEALTH_UP = 1, HEALTH_DOWN = 2 } health_state_t;
 
 typedef struct {
-    health_state_t state; /* the site verdict; UNKNOWN until every input has a result */
+    health_state_t state; /* the site verdict: DOWN as soon as the results so far decide it,
+                             UP once every input has passed, UNKNOWN until then */
     bool probed;          /* false: monitor heartbeat, no probes here (state UNKNOWN) */
     bool changing;        /* some input is inside a rise/fall window (state may flip soon) */
     char reason[384];     /* human text of the last verdict, with counts and causes */
     unsigned web_up, web_total;
     health_state_t db;    /* UNKNOWN when not configured */
     health_state_t lb;    /* UNKNOWN when not configured */
-    double load;          /* 0..1 from the load balancer (sessions/limit); < 0 unknown */
-    double rtt_ms;        /* EWMA of probe round-trip times; < 0 unknown */
+    double load;          /* from the load balancer: sessions/limit over its UP web servers
+                             (0..1); a plain session count when no server has a limit;
+                             < 0 unknown (no load balancer, or no report yet) */
+    double rtt_ms;        /* EWMA (weight 0.3) of successful web probes' times (TCP connect or
+                             whole HTTP request), or of the db page's when there are no web
+                             servers; < 0 unknown */
     uint64_t since_ms;    /* wall clock ms of the last verdict transition */
     uint64_t transitions; /* number of verdict transitions */
 } health_site_t;
 
 typedef struct health health_t;
 
-/* Called on the loop thread after one or more site verdicts (or loads) changed. */
+/* Called on the loop thread, from a clean stack (a 0 ms timer: never inside a probe's
+ * callback; several changes in one loop iteration make one call), after something a snapshot
+ * shows changed for one or more sites: state, changing, reason, web_up, db, lb, or load by
+ * more than 0.01. rtt_ms alone does not trigger it. The callback may call health_free. */
 typedef void (*health_cb_t)(void *ud);
 
-/* Start probing every site of conf on loop. Copies what it needs from conf (conf may be
- * freed afterwards). If prev is given (a reload), targets with the same site and name keep
- * their state and counters, so a reload does not flap verdicts; prev is not modified. */
+/* Start probing every site of conf on loop (first probes at once). Copies what it needs from
+ * conf (conf may be freed afterwards). If prev is given (a reload), targets with the same
+ * site and name keep their state and counters and sites keep their verdict, since_ms and
+ * transitions, so a reload does not flap verdicts; prev is not modified (free it after).
+ * Returns 0, MS_EINVAL (no loop or conf) or MS_ENOMEM/MS_EIO (libcurl could not start; what
+ * was set up is being closed: keep running the loop). */
 int health_new(uv_loop_t *loop, const conf_t *conf, const health_t *prev, health_cb_t cb, void *ud,
                health_t **out) MS_WUR;
 /* Stop probes and release. Handles close asynchronously: the caller keeps running the
@@ -55,7 +70,8 @@ int health_new(uv_loop_t *loop, const conf_t *conf, const health_t *prev, health
 void health_free(health_t *h);
 
 size_t health_site_count(const health_t *h);
-/* Site i, in conf order (the same index as conf_t.sites). */
+/* Site i, in conf order (the same index as conf_t.sites); NULL when out of range. The pointer
+ * stays valid until health_free. */
 const health_site_t *health_site(const health_t *h, size_t i);
 
 #endif
