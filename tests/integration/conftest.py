@@ -32,6 +32,7 @@ ZONES = {
     "example.com": os.path.join(ZONE_DIR, "example.com.zone"),
     "example.net": os.path.join(ZONE_DIR, "example.net.zone"),
     "2.0.192.in-addr.arpa": os.path.join(ZONE_DIR, "2.0.192.in-addr.arpa.zone"),
+    "child.example.com": os.path.join(ZONE_DIR, "child.example.com.zone"),
 }
 
 # Server identity, set the same on both so CHAOS and NSID answers are comparable.

@@ -337,6 +337,22 @@ CASES = [
     C("net-NXDOMAIN-ttl600", "nope.example.net", "A", expect={"rcode": NXDOMAIN,
                                                               **neg(600)}),
 
+    # --- A child zone we serve too, delegated from example.com: longest match wins.
+    C("child-apex-A", "child.example.com", "A", expect={"aa": True, "rdata": ["192.0.2.210"]}),
+    C("child-apex-SOA", "child.example.com", "SOA", expect={"aa": True}),
+    C("child-apex-NS", "child.example.com", "NS", allow=["extra-additional"],
+      expect={"aa": True}),
+    C("child-MX", "child.example.com", "MX", expect={"additional_has":
+                                                       ["mail.child.example.com. A"]}),
+    C("child-CNAME-to-apex", "www.child.example.com", "A", expect={"answer": 2}),
+    C("child-NXDOMAIN", "nope.child.example.com", "A", expect={"rcode": NXDOMAIN,
+                                                               **neg(120)}),
+    C("child-DS-from-parent", "child.example.com", "DS"),
+    C("child-DS-below-apex", "www.child.example.com", "DS"),
+    C("parent-of-reverse-REFUSED", "0.192.in-addr.arpa", "SOA", expect={"rcode": REFUSED}),
+    C("DS-at-apex", "example.com", "DS"),
+    C("SOA-at-cut-referral", "sub.example.com", "SOA", expect={"aa": False}),
+
     # --- Negative answers (RFC 2308): SOA in authority, TTL min(SOA TTL, MINIMUM) = 300.
     C("NXDOMAIN", "nonexistent.example.com", "A", expect={"rcode": NXDOMAIN, "aa": True,
                                                           **neg(300)}),

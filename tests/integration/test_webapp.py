@@ -24,6 +24,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 
 import pytest
@@ -313,6 +314,52 @@ def test_sqlite_file_moved_away(sqlite_site):
     finally:
         os.rename(away, db)
     wait_db_up([web1, web2], "db-a-sqlite")
+
+
+LOCKER = r"""
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], timeout=5, isolation_level=None)
+c.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()
+c.execute("ROLLBACK")
+"""
+
+
+def test_sqlite_write_lock_waits_then_503_health_unaffected(sqlite_site):
+    """Another writer holds the database's write lock: a page that writes waits for it
+    (busy_timeout, 2 s) and then answers 503 "database is locked", once, without a retry that
+    would double the wait; meanwhile /health answers at once (thread per connection) and /db
+    still reads (WAL: readers are not blocked by a writer)."""
+    web1, _, db = sqlite_site
+    argv = ["/usr/bin/python3", "-c", LOCKER, db]
+    if os.geteuid() == 0:
+        argv = as_user(UNPRIV) + argv
+    locker = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert locker.stdout.readline() == b"locked\n"
+        result = {}
+
+        def write():
+            t = time.monotonic()
+            result["r"] = web1.get("/session", timeout=15)
+            result["t"] = time.monotonic() - t
+        th = threading.Thread(target=write)
+        th.start()
+        while th.is_alive():
+            t = time.monotonic()
+            assert web1.get("/health")[0] == 200
+            assert web1.get("/db")[0] == 200
+            assert time.monotonic() - t < 1.0, "health/db held up by a waiting writer"
+            time.sleep(0.05)
+        th.join()
+        st, _, body = result["r"]
+        assert st == 503 and "database is locked" in body, (st, body)
+        assert 1.5 <= result["t"] < 3.5, f"waited {result['t']:.2f}s (busy_timeout is 2 s)"
+    finally:
+        locker.stdin.close()
+        locker.wait(10)
+    assert web1.get("/session")[0] == 200
 
 
 # ---- hostile input (on the SQLite pair) ----
