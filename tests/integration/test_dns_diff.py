@@ -998,6 +998,8 @@ def test_identity_hidden(workdir, v6):
 
 SWEEP_TYPES = ["A", "AAAA", "NS", "MX", "TXT", "SOA", "CNAME", "SRV", "PTR", "CAA", "SVCB",
                "HTTPS", "TYPE65400", "DS", "DNSKEY", "RRSIG", "NSEC", "HINFO", "NAPTR"]
+# The allowances that can apply to any query (reasons in ALLOWANCES); each only forgives
+# its narrow difference (e.g. "chase" only records from another of our zones).
 SWEEP_ALLOW = {"extra-additional": True, "chase": True, "tc": True}
 
 
