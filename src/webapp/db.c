@@ -6,9 +6,10 @@
  * would leak with them; and opening per request costs a PostgreSQL backend fork each time.
  * Instead idle connections wait in a list (at most POOL_MAX_IDLE), are checked cheaply before
  * reuse (backend `usable`), and any connection that saw an error is closed, never returned.
- * A statement that fails on a reused connection is retried once on a fresh one: after a
- * PostgreSQL restart every pooled connection is dead, and the first request after recovery
- * must not fail for that. So the web app recovers by itself when its database comes back. */
+ * A statement that fails on a reused connection that turns out stale is retried once on a
+ * fresh one, and the other idle connections are dropped: after a PostgreSQL restart every
+ * pooled connection is dead, and the first request after recovery must not fail for that. So
+ * the web app recovers by itself when its database comes back. */
 #include "webapp/internal.h"
 
 #include <pthread.h>
@@ -155,13 +156,19 @@ int webapp_db_query(webapp_db_t *db, const char *sql, const char *const *params,
         c = NULL;
     }
     if (c) {
-        if (db->ops->query(c, sql, params, nparams, out, err, errlen) == 0) {
+        int rc = db->ops->query(c, sql, params, nparams, out, err, errlen);
+        if (rc == 0) {
             pool_put(db, c);
             return 0;
         }
-        /* The database may have restarted since this connection was made: retry once on a
-         * fresh one; a second failure is the database's answer. */
+        /* Was it the connection (the database restarted, the file was replaced since it was
+         * made)? Then retry once on a fresh one. Otherwise (a lock timeout, a constraint) the
+         * failure is the database's answer: trying again would only double the wait. */
+        bool stale = !db->ops->usable(c);
         db->ops->close(c);
+        if (!stale) {
+            return rc;
+        }
         pool_drain(db);
     }
     int rc = db->ops->open(db->target, false, &c, err, errlen);

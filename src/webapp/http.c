@@ -21,11 +21,14 @@
 #include <strings.h>
 #include <time.h>
 
-/* Connections served at once (each a thread): far above what the demo and its health probes
- * need, low enough that a flood cannot exhaust threads or database connections. */
-#define WEBAPP_MAX_CONNECTIONS 128u
+/* Connections served at once, each a thread (8 MiB of stack reserved, a few KiB touched): far
+ * above what the demo and its health probes need, and with the idle timeout below, what a
+ * client holding connections open must keep up to starve the rest. Thread per connection is
+ * chosen over a polling pool so that a page blocked on a hung database never holds up another
+ * connection, /health in particular. */
+#define WEBAPP_MAX_CONNECTIONS 256u
 /* Idle keep-alive connections and slow clients are dropped after this many seconds. */
-#define WEBAPP_CONN_TIMEOUT_S 30u
+#define WEBAPP_CONN_TIMEOUT_S 15u
 #define IDENTITY_MAX          128
 
 struct webapp {

@@ -37,7 +37,8 @@ typedef struct {
     int (*open)(const char *target, bool create, webapp_conn_t **out, char *err, size_t errlen);
     void (*close)(webapp_conn_t *c);
     /* Still worth reusing: cheap local checks only (SQLite: the file at the path is still the
-     * one we opened and we may still read and write it; PG: the connection is not broken). */
+     * one we opened and we may still read and write it; PG: the connection is not broken).
+     * Also asked after a failure, to tell a stale connection from a database's refusal. */
     bool (*usable)(webapp_conn_t *c);
     /* out may be NULL (rows discarded); on failure *out is left untouched. */
     int (*query)(webapp_conn_t *c, const char *sql, const char *const *params, int nparams,
@@ -60,10 +61,11 @@ const char *webapp_db_kind(const webapp_db_t *db);
 /* The backend's query for the database's name (one row, one column). */
 const char *webapp_db_identity_sql(const webapp_db_t *db);
 
-/* Run one statement (out may be NULL). A pooled connection that fails is closed with every
- * other idle one, and the statement retried once on a fresh connection (the database may have
- * restarted since the pool was filled); every statement we run is idempotent or harmless to
- * repeat (the one exception, a visit counted twice, needs the commit's reply to be lost). */
+/* Run one statement (out may be NULL). When a pooled connection fails because it went stale
+ * (backend `usable` says so after the failure: the server restarted, the file was replaced),
+ * every idle connection is closed and the statement retried once on a fresh connection; every
+ * statement we run is idempotent or harmless to repeat (the one exception, a visit counted
+ * twice, needs the commit's reply to be lost). Any other failure is returned as is. */
 int webapp_db_query(webapp_db_t *db, const char *sql, const char *const *params, int nparams,
                     webapp_rows_t *out, char *err, size_t errlen) MS_WUR;
 
