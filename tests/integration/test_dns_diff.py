@@ -1461,3 +1461,33 @@ def test_reload_under_load(workdir, v6):
     assert not errors, errors[:3]
     assert seen == {"192.0.2.80", "192.0.2.81"}, seen
     assert rc == 0, srv.log_tail()
+
+
+# --------------------------------------------------------------------------------------
+# Combinations: a few names of every kind x query flags x EDNS variants x transport.
+
+COMBO_NAMES = [("web.example.com", "A", "IN"), ("nonexistent.example.com", "A", "IN"),
+               ("host.sub.example.com", "A", "IN"), ("www.example.org", "A", "IN"),
+               ("big.example.com", "A", "IN"), ("id.server", "TXT", "CH"),
+               ("www.example.com", "MX", "IN"), ("a.wild.example.com", "TXT", "IN")]
+COMBO_FLAGS = [0, dns.flags.RD, dns.flags.AD, dns.flags.RD | dns.flags.AD | dns.flags.TC]
+COMBO_EDNS = [dict(), dict(payload=512), dict(payload=4096, do=True),
+              dict(edns=1), dict(options=[NSID_OPT, COOKIE_OPT])]
+
+
+def test_combinations(knot, ours):
+    bad, n = [], 0
+    for name, t, cls in COMBO_NAMES:
+        for fl in COMBO_FLAGS:
+            for ed in COMBO_EDNS:
+                for tcp in (False, True):
+                    allow = ["tc", "ede", "extra-additional"] + (["aa"] if cls == "CH" else [])
+                    case = C("combo", name, t, cls, flags=fl, tcp=tcp, allow=allow, **ed)
+                    kq, kr = ask(knot, case)
+                    oq, orr = ask(ours, case)
+                    n += 1
+                    d = check_expect("ours", case, oq, orr) + diff_messages(kr, orr, case.allow)
+                    if d:
+                        bad.append(f"{name} {cls} {t} flags={dns.flags.to_text(fl)} {ed} "
+                                   f"{'tcp' if tcp else 'udp'}: " + "; ".join(d))
+    assert not bad, f"{len(bad)} of {n} differ:\n" + "\n".join(bad[:30])

@@ -768,3 +768,20 @@ def test_two_sites_replicated_by_syncd(workdir):
             if rc != 0:
                 errs.append(f"{p.name} exited with {rc}: {p.log_tail()}")
         assert not errs, errs
+
+
+def test_pg_restart_between_requests_costs_no_failed_request(pg_site):
+    """PostgreSQL restarts while the web apps sit idle with pooled connections (now all dead):
+    the very first request after it is back must succeed: the dead connection is noticed, the
+    pool dropped, and the statement retried on a fresh connection."""
+    pg, web1, web2 = pg_site
+    for app in (web1, web2):
+        for _ in range(3):
+            assert app.get("/db")[0] == 200  # pooled connections exist
+    pg.stop()
+    pg.start()
+    for app in (web1, web2):
+        st, _, body = app.get("/db")
+        assert st == 200 and "database: " in body, (app.name, st, body)
+        st, _, body = app.get("/session")
+        assert st == 200, (app.name, st, body)
