@@ -1491,3 +1491,24 @@ def test_combinations(knot, ours):
                         bad.append(f"{name} {cls} {t} flags={dns.flags.to_text(fl)} {ed} "
                                    f"{'tcp' if tcp else 'udp'}: " + "; ".join(d))
     assert not bad, f"{len(bad)} of {n} differ:\n" + "\n".join(bad[:30])
+
+
+def test_tsig_unknown_key(knot, ours):
+    """A TSIG-signed query with a key the server does not know (we configure none):
+    RFC 8945 sec. 5.2.1 says the server MUST answer NOTAUTH with TSIG error BADKEY (17),
+    unsigned; knotd does. Answering it as if unsigned would tell the client its signed
+    query was accepted."""
+    import dns.tsigkeyring
+    keyring = dns.tsigkeyring.from_text({"key1.": "c2VjcmV0c2VjcmV0c2VjcmV0"})
+    m = dns.message.make_query("web.example.com", "A")
+    m.use_tsig(keyring, keyname="key1.")
+    wire = m.to_wire()
+    out = {}
+    for srv in (knot, ours):
+        r = _raw_reply(srv, wire)
+        rcode = r[3] & 0xF
+        tsig_error = struct.unpack(">H", r[-4:-2])[0] if struct.unpack(">H", r[10:12])[0] \
+            else None
+        out[srv.name] = (dns.rcode.to_text(rcode), tsig_error)
+    assert out["knotd"] == ("NOTAUTH", 17), f"reference changed: {out}"
+    assert out["multisited"] == out["knotd"], f"(rcode, TSIG error): {out}"
