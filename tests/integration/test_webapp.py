@@ -785,3 +785,27 @@ def test_pg_restart_between_requests_costs_no_failed_request(pg_site):
         assert st == 200 and "database: " in body, (app.name, st, body)
         st, _, body = app.get("/session")
         assert st == 200, (app.name, st, body)
+
+
+CLI_ERRORS = [
+    # (arguments, exit status, text expected on stderr)
+    ([], 2, "usage:"),
+    (["--listen", "127.0.0.1:1", "--db", "sqlite:/x"], 2, "usage:"),
+    (["--listen", "x:y", "--db", "sqlite:/tmp/never.db", "--name", "w", "--site", "s"], 1,
+     "--listen x:y: expected ADDR:PORT"),
+    (["--listen", "127.0.0.1:1", "--db", "mysql://h/db", "--name", "w", "--site", "s"], 1,
+     "bad database spec"),
+    (["--listen", "127.0.0.1:1", "--db", "sqlite:/x", "--name", "w", "--site", "s",
+      "--log-level", "loud"], 2, "--log-level loud"),
+    (["--init", "--db", "sqlite:/nonexistent-dir/x.db", "--site", "s"], 1,
+     "unable to open database file"),
+    (["--init", "--db", "sqlite:/tmp/x.db", "--site", "s", "--db-identity", ""], 2,
+     "--db-identity: expected 1..100"),
+]
+
+
+@pytest.mark.parametrize("args,rc,text", CLI_ERRORS, ids=[str(i) for i in range(len(CLI_ERRORS))])
+def test_cli_errors(args, rc, text):
+    r = subprocess.run([WEBAPP] + args, capture_output=True, text=True, timeout=10)
+    assert r.returncode == rc and text in r.stderr, (r.returncode, r.stderr)
+    assert not os.path.exists("/tmp/never.db")
