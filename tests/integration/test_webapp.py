@@ -9,9 +9,12 @@ What is checked, for each backend:
     back by itself when the database does: SQLite made unreadable (chmod 000: the web apps run
     as an unprivileged user when we are root, because root ignores file permissions) and the
     file moved away and back; PostgreSQL stopped and started again;
-  - /health (web tier only) stays up throughout;
+  - /health (web tier only) stays up throughout, also while a page waits on a held lock;
   - hostile input: wrong methods, unknown paths, oversized and malformed bodies, bad cookies,
-    markup in guestbook text.
+    markup in guestbook text, and hostile rows arriving through the database itself.
+And with real neighbours: HAProxy's own httpchk on /db with the identity as its expected
+string marks the web apps UP and DOWN as the database comes and goes; two sites, each on its
+own SQLite database, replicated by multisite-syncd, serve each other's sessions and entries.
 Every process is ours and stopped by its pid; every wait polls with a deadline.
 """
 
