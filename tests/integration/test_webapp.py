@@ -23,6 +23,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -812,3 +813,22 @@ def test_cli_errors(args, rc, text):
     r = subprocess.run([WEBAPP] + args, capture_output=True, text=True, timeout=10)
     assert r.returncode == rc and text in r.stderr, (r.returncode, r.stderr)
     assert not os.path.exists("/tmp/never.db")
+
+
+def test_sigint_stops_cleanly_with_a_connection_open(workdir, tmp_path):
+    """SIGINT (like SIGTERM, which every other test ends with) stops the web app with status
+    0, also while a client holds an idle keep-alive connection."""
+    app = start_webapp(workdir, "web-int", "s", f"sqlite:{tmp_path / 'int.db'}")
+    c = http.client.HTTPConnection("127.0.0.1", app.port, timeout=5)
+    try:
+        c.request("GET", "/health")
+        assert c.getresponse().read() == b"ok web-int\n"
+        t = time.monotonic()
+        app.signal(signal.SIGINT)
+        app.proc.wait(10)
+        assert app.proc.returncode == 0, app.log_tail()
+        assert time.monotonic() - t < 5, "shutdown waited for the idle connection"
+        assert "stopping" in app.log_tail()
+    finally:
+        c.close()
+        app.stop()
