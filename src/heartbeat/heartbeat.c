@@ -25,8 +25,9 @@
 #define HB_RXBUF           512 /* > HB_MAX_LEN: larger datagrams are flagged UV_UDP_PARTIAL */
 
 typedef struct {
-    uv_udp_t h;
-    int family;
+    uv_udp_t h; /* first: the handle pointer is the struct pointer */
+    net_addr_t addr;
+    hb_t *hb;
 } hb_sock_t;
 
 struct hb {
@@ -40,7 +41,8 @@ struct hb {
     uint64_t epoch, seq;
     hb_self_t self;
     unsigned tx_every_ms;
-    hb_sock_t *socks;
+    char *key_file;
+    hb_sock_t **socks; /* each its own allocation: open handles never move */
     size_t n_socks;
     net_addr_t *peers;
     size_t n_peers;
@@ -52,17 +54,31 @@ struct hb {
 
 static_assert(HB_RXBUF > HB_MAX_LEN, "oversized datagrams must be detectable");
 
-static void on_close(uv_handle_t *h)
+/* Every open handle holds a reference; the last close frees everything (after hb_free). */
+static void release(hb_t *hb)
 {
-    hb_t *hb = h->data;
-    if (--hb->open_handles > 0) {
+    if (--hb->open_handles > 0 || !hb->closing) {
         return;
     }
     hb_core_deinit(&hb->core);
     hb_keys_deinit(&hb->keys);
     free(hb->socks);
     free(hb->peers);
+    free(hb->key_file);
     free(hb);
+}
+
+static void on_timer_close(uv_handle_t *h)
+{
+    release(h->data);
+}
+
+static void on_sock_close(uv_handle_t *h)
+{
+    hb_sock_t *s = (hb_sock_t *)h;
+    hb_t *hb = s->hb;
+    free(s);
+    release(hb);
 }
 
 void hb_free(hb_t *hb)
@@ -71,19 +87,14 @@ void hb_free(hb_t *hb)
         return;
     }
     hb->closing = true;
-    if (hb->open_handles == 0) {
-        hb->open_handles = 1; /* nothing was opened: free through the same path */
-        uv_handle_t fake = {.data = hb};
-        on_close(&fake);
-        return;
-    }
+    hb->open_handles++; /* held across the loop below, so nothing is freed under it */
     for (size_t i = 0; i < hb->n_socks; i++) {
-        if (hb->socks[i].family) {
-            uv_close((uv_handle_t *)&hb->socks[i].h, on_close);
-        }
+        uv_close((uv_handle_t *)&hb->socks[i]->h, on_sock_close);
     }
-    uv_close((uv_handle_t *)&hb->tx_timer, on_close);
-    uv_close((uv_handle_t *)&hb->eval_timer, on_close);
+    hb->n_socks = 0;
+    uv_close((uv_handle_t *)&hb->tx_timer, on_timer_close);
+    uv_close((uv_handle_t *)&hb->eval_timer, on_timer_close);
+    release(hb);
 }
 
 static uint16_t load_wire(double load)
@@ -125,8 +136,8 @@ static void send_now(hb_t *hb)
         const net_addr_t *a = &hb->peers[i];
         hb_sock_t *s = NULL;
         for (size_t k = 0; k < hb->n_socks && !s; k++) {
-            if (hb->socks[k].family == a->sa.sa_family) {
-                s = &hb->socks[k];
+            if (hb->socks[k]->addr.sa.sa_family == a->sa.sa_family) {
+                s = hb->socks[k];
             }
         }
         int rc = UV_EAFNOSUPPORT;
@@ -174,14 +185,14 @@ static void on_eval(uv_timer_t *t)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
-    hb_t *hb = h->data;
+    hb_t *hb = ((hb_sock_t *)h)->hb;
     *buf = uv_buf_init((char *)hb->rxbuf, sizeof(hb->rxbuf));
 }
 
 static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struct sockaddr *addr,
                     unsigned flags)
 {
-    hb_t *hb = h->data;
+    hb_t *hb = ((hb_sock_t *)h)->hb;
     static log_ratelimit_t rl = LOG_RATELIMIT_INIT(10, 60000);
     if (nread < 0) {
         log_rl(&rl, LOG_LVL_WARN, "heartbeat: receive error: %s", uv_strerror((int)nread));
@@ -213,17 +224,20 @@ static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struc
            net_addr_str(&from, as, sizeof(as)), hb_rej_str(r));
 }
 
-static int open_socket(hb_t *hb, hb_sock_t *s, const net_addr_t *a)
+/* A new socket bound to a and receiving, or NULL (logged; a half-made one is closed). */
+static hb_sock_t *open_socket(hb_t *hb, const net_addr_t *a)
 {
     char as[NET_ADDR_STRLEN];
     net_addr_str(a, as, sizeof(as));
+    hb_sock_t *s = xcalloc(1, sizeof(*s));
+    s->hb = hb;
+    s->addr = *a;
     int rc = uv_udp_init(hb->loop, &s->h);
     if (rc != 0) {
         log_err("heartbeat: %s: %s", as, uv_strerror(rc));
-        return MS_EIO;
+        free(s);
+        return NULL;
     }
-    s->family = a->sa.sa_family;
-    s->h.data = hb;
     hb->open_handles++;
     rc = uv_udp_bind(&s->h, &a->sa, a->sa.sa_family == AF_INET6 ? UV_UDP_IPV6ONLY : 0);
     if (rc == 0) {
@@ -231,56 +245,64 @@ static int open_socket(hb_t *hb, hb_sock_t *s, const net_addr_t *a)
     }
     if (rc != 0) {
         log_err("heartbeat: cannot listen on UDP %s: %s", as, uv_strerror(rc));
-        return MS_EIO;
+        uv_close((uv_handle_t *)&s->h, on_sock_close);
+        return NULL;
     }
-    return 0;
+    return s;
 }
 
-int hb_new(uv_loop_t *loop, const conf_t *conf, hb_cb_t cb, void *ud, hb_t **out)
+static bool same_addr(const net_addr_t *a, const net_addr_t *b)
+{
+    return a->sa.sa_family == b->sa.sa_family && net_addr_len(a) == net_addr_len(b) &&
+           memcmp(a, b, net_addr_len(a)) == 0;
+}
+
+/* Everything hb_new and hb_reload check and read before they change anything. */
+typedef struct {
+    hb_keys_t keys;
+    const char **names;
+} hb_prep_t;
+
+static int prepare(const conf_t *conf, hb_prep_t *p)
 {
     const conf_hb_t *ch = &conf->hb;
-    *out = NULL;
+    memset(p, 0, sizeof(*p));
     if (!ch->enabled || ch->self_site >= conf->n_sites || sodium_init() < 0) {
         log_err("heartbeat: no heartbeat section (or libsodium failed to start)");
         return MS_ECONF;
     }
-    const char **names = xcalloc(conf->n_sites, sizeof(*names));
+    if (!ch->id || !ch->id[0] || strlen(ch->id) > HB_NAME_MAX) {
+        log_err("heartbeat: id '%s' must have 1 to %d bytes", ch->id ? ch->id : "", HB_NAME_MAX);
+        return MS_ECONF;
+    }
     for (size_t i = 0; i < conf->n_sites; i++) {
-        names[i] = conf->sites[i].name;
-        if (strlen(names[i]) > HB_NAME_MAX) {
-            log_err("heartbeat: site name '%s' is longer than %d bytes", names[i], HB_NAME_MAX);
-            free(names);
+        if (strlen(conf->sites[i].name) > HB_NAME_MAX) {
+            log_err("heartbeat: site name '%s' is longer than %d bytes", conf->sites[i].name,
+                    HB_NAME_MAX);
             return MS_ECONF;
         }
     }
-    if (!ch->id[0] || strlen(ch->id) > HB_NAME_MAX) {
-        log_err("heartbeat: id '%s' must have 1 to %d bytes", ch->id, HB_NAME_MAX);
-        free(names);
-        return MS_ECONF;
-    }
-    hb_t *hb = xcalloc(1, sizeof(*hb));
-    hb->loop = loop;
-    hb->cb = cb;
-    hb->ud = ud;
     char why[400];
-    if (hb_keys_load(ch->key_file, true, &hb->keys, why, sizeof(why)) != 0) {
+    if (hb_keys_load(ch->key_file, true, &p->keys, why, sizeof(why)) != 0) {
         log_err("heartbeat: %s", why);
-        free(names);
-        free(hb);
         return MS_ECONF;
     }
-    uint8_t digest[HB_DIGEST_LEN];
-    hb_conf_digest(conf, digest);
-    hb_timing_t t = {ch->period_ms, ch->periods, ch->max_skew_ms};
-    hb_core_init(&hb->core, names, conf->n_sites, ch->self_site, &t, &hb->keys, digest);
-    free(names);
+    p->names = xcalloc(conf->n_sites, sizeof(*p->names));
+    for (size_t i = 0; i < conf->n_sites; i++) {
+        p->names[i] = conf->sites[i].name;
+    }
+    return 0;
+}
+
+/* Peers, identity and timers from conf (sockets and keys are done by the caller). */
+static void apply(hb_t *hb, const conf_t *conf)
+{
+    const conf_hb_t *ch = &conf->hb;
     snprintf(hb->self_name, sizeof(hb->self_name), "%s", conf->sites[ch->self_site].name);
     snprintf(hb->id, sizeof(hb->id), "%s", ch->id);
-    /* Random boot epoch: a restarted sender is a new (sender, epoch) stream. */
-    randombytes_buf(&hb->epoch, sizeof(hb->epoch));
-    hb->self = (hb_self_t){HEALTH_UNKNOWN, HB_REASON_STARTING, -1, -1};
-    hb->tx_every_ms =
-        ch->interval_ms / HB_TX_PER_INTERVAL ? ch->interval_ms / HB_TX_PER_INTERVAL : 1;
+    free(hb->key_file);
+    hb->key_file = xstrdup(ch->key_file);
+    hb->n_peers = 0;
     for (size_t i = 0; i < conf->n_sites; i++) {
         if (i == ch->self_site) {
             continue;
@@ -290,26 +312,120 @@ int hb_new(uv_loop_t *loop, const conf_t *conf, hb_cb_t cb, void *ud, hb_t **out
         memcpy(hb->peers + hb->n_peers, p->v, p->n * sizeof(*p->v));
         hb->n_peers += p->n;
     }
-    hb->socks = xcalloc(ch->listen.n, sizeof(*hb->socks));
-    hb->n_socks = ch->listen.n;
-    int rc = 0;
-    for (size_t i = 0; i < ch->listen.n && rc == 0; i++) {
-        rc = open_socket(hb, &hb->socks[i], &ch->listen.v[i]);
+    unsigned every = ch->interval_ms / HB_TX_PER_INTERVAL;
+    hb->tx_every_ms = every ? every : 1;
+    uv_timer_start(&hb->tx_timer, on_tx, 0, hb->tx_every_ms);
+    arm_eval(hb);
+}
+
+int hb_new(uv_loop_t *loop, const conf_t *conf, hb_cb_t cb, void *ud, hb_t **out)
+{
+    const conf_hb_t *ch = &conf->hb;
+    *out = NULL;
+    hb_prep_t p;
+    int rc = prepare(conf, &p);
+    if (rc != 0) {
+        return rc;
     }
+    hb_t *hb = xcalloc(1, sizeof(*hb));
+    hb->loop = loop;
+    hb->cb = cb;
+    hb->ud = ud;
+    hb->keys = p.keys;
+    uint8_t digest[HB_DIGEST_LEN];
+    hb_conf_digest(conf, digest);
+    hb_timing_t t = {ch->period_ms, ch->periods, ch->max_skew_ms};
+    hb_core_init(&hb->core, p.names, conf->n_sites, ch->self_site, &t, &hb->keys, digest);
+    free(p.names);
+    /* Random boot epoch: a restarted sender is a new (sender, epoch) stream. */
+    randombytes_buf(&hb->epoch, sizeof(hb->epoch));
+    hb->self = (hb_self_t){HEALTH_UNKNOWN, HB_REASON_STARTING, -1, -1};
     uv_timer_init(loop, &hb->tx_timer);
     uv_timer_init(loop, &hb->eval_timer);
     hb->tx_timer.data = hb->eval_timer.data = hb;
     hb->open_handles += 2;
-    if (rc != 0) {
-        hb_free(hb);
-        return rc;
+    hb->socks = xcalloc(ch->listen.n, sizeof(*hb->socks));
+    for (size_t i = 0; i < ch->listen.n; i++) {
+        hb_sock_t *s = open_socket(hb, &ch->listen.v[i]);
+        if (!s) {
+            hb_free(hb);
+            return MS_EIO;
+        }
+        hb->socks[hb->n_socks++] = s;
     }
-    uv_timer_start(&hb->tx_timer, on_tx, 0, hb->tx_every_ms);
-    arm_eval(hb);
+    apply(hb, conf);
     log_info("heartbeat: site %s sender %s: %zu peers, %u per %ums, period %ums x %u, key %u",
              hb->self_name, hb->id, hb->n_peers, HB_TX_PER_INTERVAL, ch->interval_ms, ch->period_ms,
              ch->periods, hb->keys.ids[hb->keys.newest]);
     *out = hb;
+    return 0;
+}
+
+int hb_reload(hb_t *hb, const conf_t *conf)
+{
+    const conf_hb_t *ch = &conf->hb;
+    hb_prep_t p;
+    int rc = prepare(conf, &p);
+    if (rc != 0) {
+        return rc;
+    }
+    /* New sockets first: on failure nothing has changed. */
+    size_t n_new = 0;
+    hb_sock_t **socks = xcalloc(ch->listen.n, sizeof(*socks));
+    bool *kept = xcalloc(hb->n_socks + 1, sizeof(*kept));
+    for (size_t i = 0; i < ch->listen.n && rc == 0; i++) {
+        hb_sock_t *s = NULL;
+        for (size_t k = 0; k < hb->n_socks && !s; k++) {
+            if (!kept[k] && same_addr(&hb->socks[k]->addr, &ch->listen.v[i])) {
+                s = hb->socks[k];
+                kept[k] = true;
+            }
+        }
+        if (!s && !(s = open_socket(hb, &ch->listen.v[i]))) {
+            rc = MS_EIO;
+            break;
+        }
+        socks[n_new++] = s;
+    }
+    if (rc != 0) {
+        for (size_t i = 0; i < n_new; i++) {
+            bool old = false;
+            for (size_t k = 0; k < hb->n_socks; k++) {
+                old = old || socks[i] == hb->socks[k];
+            }
+            if (!old) {
+                uv_close((uv_handle_t *)&socks[i]->h, on_sock_close);
+            }
+        }
+        free(socks);
+        free(kept);
+        free(p.names);
+        hb_keys_deinit(&p.keys);
+        return rc;
+    }
+    for (size_t k = 0; k < hb->n_socks; k++) {
+        if (!kept[k]) {
+            uv_close((uv_handle_t *)&hb->socks[k]->h, on_sock_close);
+        }
+    }
+    free(kept);
+    free(hb->socks);
+    hb->socks = socks;
+    hb->n_socks = n_new;
+    hb_keys_deinit(&hb->keys);
+    hb->keys = p.keys; /* the core points at hb->keys: same address, new contents */
+    uint8_t digest[HB_DIGEST_LEN];
+    hb_conf_digest(conf, digest);
+    hb_timing_t t = {ch->period_ms, ch->periods, ch->max_skew_ms};
+    hb_core_reconf(&hb->core, p.names, conf->n_sites, ch->self_site, &t, digest, time_mono_ms());
+    free(p.names);
+    apply(hb, conf);
+    log_info("heartbeat: reloaded: site %s sender %s: %zu peers, period %ums x %u, key %u",
+             hb->self_name, hb->id, hb->n_peers, ch->period_ms, ch->periods,
+             hb->keys.ids[hb->keys.newest]);
+    if (hb_core_eval(&hb->core, time_mono_ms(), true) && hb->cb) {
+        hb->cb(hb->ud);
+    }
     return 0;
 }
 

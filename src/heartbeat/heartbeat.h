@@ -86,6 +86,12 @@ typedef void (*hb_cb_t)(void *ud);
  * as HEALTH_UNKNOWN / HB_REASON_STARTING until hb_set_self(). Returns 0, or MS_ECONF / MS_EIO
  * with the reason logged. */
 int hb_new(uv_loop_t *loop, const conf_t *conf, hb_cb_t cb, void *ud, hb_t **out) MS_WUR;
+/* Apply a new config (reload) in place: the key file is read again (key rotation), listen
+ * sockets whose address is unchanged are kept and others opened/closed, and every remote site
+ * that keeps its name keeps its liveness, so a reload never flaps a site. On error (logged)
+ * nothing changed. Use this rather than hb_new + hb_free, which would bind the same
+ * addresses twice and forget the liveness state. */
+int hb_reload(hb_t *hb, const conf_t *conf) MS_WUR;
 /* Stop and release. Handles close asynchronously: keep running the loop until they are gone.
  * Accepts NULL. */
 void hb_free(hb_t *hb);
@@ -98,8 +104,9 @@ const hb_site_t *hb_site(const hb_t *hb, size_t i);
 void hb_get_stats(const hb_t *hb, hb_stats_t *out);
 
 /* Write a new key file at path (mode 0600; refuses to overwrite an existing file): one key,
- * id 1. With add, append a new key with the next id to an existing file instead (key
- * rotation: senders use the newest key, receivers accept every key in the file). */
+ * id 1. With add, append a new key with the next id to an existing file instead, marked
+ * verify-only: receivers accept it at once, senders sign with it only once the mark is
+ * removed (key rotation without a gap: docs/heartbeat.md). */
 int hb_keygen(const char *path, bool add) MS_WUR;
 
 /* Digest of what all sites must agree on: the sites (names, answer addresses) and the

@@ -11,20 +11,21 @@
 #include <assert.h>
 
 /* ---- wire format (docs/heartbeat.md) ---- */
-#define HB_MAGIC       0x4d534842u /* "MSHB" */
-#define HB_VERSION     1
-#define HB_TYPE_BEAT   1
-#define HB_FIXED_LEN   62 /* through the two string lengths */
-#define HB_MAC_LEN     32 /* full HMAC-SHA256: 32 bytes cost nothing at 30 datagrams/s */
-#define HB_NAME_MAX    63
-#define HB_MIN_LEN     (HB_FIXED_LEN + 1 + 1 + HB_MAC_LEN)
-#define HB_MAX_LEN     (HB_FIXED_LEN + HB_NAME_MAX + HB_NAME_MAX + HB_MAC_LEN)
-#define HB_LOAD_SCALE  10000u      /* load on the wire: 0..10000 = 0..1 */
-#define HB_LOAD_NONE   0xffffu     /* unknown load */
-#define HB_RTT_NONE    0xffffffffu /* unknown response time (wire: microseconds) */
-#define HB_KEY_LEN     32
-#define HB_REPLAY_BITS 64 /* replay window: ~2 s of heartbeats at 30/s, far more than reordering   \
-                           */
+#define HB_MAGIC      0x4d534842u /* "MSHB" */
+#define HB_VERSION    1
+#define HB_TYPE_BEAT  1
+#define HB_FIXED_LEN  62 /* through the two string lengths */
+#define HB_MAC_LEN    32 /* full HMAC-SHA256: 32 bytes cost nothing at 30 datagrams/s */
+#define HB_NAME_MAX   63
+#define HB_MIN_LEN    (HB_FIXED_LEN + 1 + 1 + HB_MAC_LEN)
+#define HB_MAX_LEN    (HB_FIXED_LEN + HB_NAME_MAX + HB_NAME_MAX + HB_MAC_LEN)
+#define HB_LOAD_SCALE 10000u      /* load on the wire: 0..10000 = 0..1 */
+#define HB_LOAD_NONE  0xffffu     /* unknown load */
+#define HB_RTT_NONE   0xffffffffu /* unknown response time (wire: microseconds) */
+#define HB_KEY_LEN    32
+#define HB_REPLAY_BITS                                                                             \
+    64 /* replay window: ~2 s of heartbeats at 30/s, far more than reordering                      \
+        */
 
 static_assert(HB_MIN_LEN == 96, "heartbeat minimum size");
 static_assert(HB_MAX_LEN == 220, "heartbeat maximum size");
@@ -146,6 +147,10 @@ typedef struct {
 void hb_core_init(hb_core_t *c, const char *const *site_names, size_t n_sites, size_t self,
                   const hb_timing_t *t, const hb_keys_t *keys, const uint8_t digest[HB_DIGEST_LEN]);
 void hb_core_deinit(hb_core_t *c);
+/* A new config (reload): sites keep their senders, windows and liveness by name; sites no
+ * longer configured (or now our own) are forgotten; runs are rescaled if the period changed. */
+void hb_core_reconf(hb_core_t *c, const char *const *site_names, size_t n_sites, size_t self,
+                    const hb_timing_t *t, const uint8_t digest[HB_DIGEST_LEN], uint64_t now_mono);
 /* One received datagram at the given clocks: counted, and HB_OK or why it was dropped. */
 hb_rej_t hb_core_rx(hb_core_t *c, const uint8_t *p, size_t len, uint64_t now_mono,
                     uint64_t now_wall);

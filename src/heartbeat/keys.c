@@ -1,11 +1,13 @@
 /* keys.c: the heartbeat key file: parse, load (refusing a file others can read), keygen.
  *
  * Format, one key per line, '#' starts a comment:
- *     ID HEX
- * ID is a decimal key id 1..4294967295, HEX 64 hex digits (32 bytes). Senders use the key
- * with the highest id; receivers accept any key in the file. Rotation is therefore: append a
- * new key everywhere (`multisited keygen --add FILE` on one host, copy the line), reload,
- * and later remove the old line. The key bytes live in sodium_malloc memory (guard pages,
+ *     ID HEX [verify-only]
+ * ID is a decimal key id 1..4294967295, HEX 64 hex digits (32 bytes). Senders sign with the
+ * highest id not marked verify-only; receivers accept every key in the file. Rotation without
+ * a gap (docs/heartbeat.md): (1) `multisited keygen --add FILE` appends the new key as
+ * verify-only; copy that line to every site and reload; (2) drop "verify-only" everywhere
+ * and reload: sites sign with the new key, which every receiver already knows; (3) remove the
+ * old line. The key bytes live in sodium_malloc memory (guard pages,
  * never swapped, wiped on free) and are read-only while in use; the text buffer that held
  * them is wiped before it is freed. */
 #include "heartbeat/internal.h"
@@ -38,6 +40,7 @@ int hb_keys_parse(const char *text, size_t len, hb_keys_t *k, char *why, size_t 
     }
     size_t pos = 0;
     int line = 0;
+    bool signer = false;
     while (pos < len) {
         line++;
         size_t end = pos;
@@ -72,6 +75,16 @@ int hb_keys_parse(const char *text, size_t len, hb_keys_t *k, char *why, size_t 
         while (p < e && is_space(*p)) {
             p++;
         }
+        bool verify_only = false;
+        static const char vo[] = "verify-only";
+        if ((size_t)(e - p) >= sizeof(vo) - 1 && memcmp(p, vo, sizeof(vo) - 1) == 0 &&
+            (e - p == sizeof(vo) - 1 || is_space(p[sizeof(vo) - 1]) || p[sizeof(vo) - 1] == '#')) {
+            verify_only = true;
+            p += sizeof(vo) - 1;
+            while (p < e && is_space(*p)) {
+                p++;
+            }
+        }
         if (p != e && *p != '#') {
             snprintf(why, whylen, "line %d: unexpected text after the key", line);
             goto fail;
@@ -96,13 +109,18 @@ int hb_keys_parse(const char *text, size_t len, hb_keys_t *k, char *why, size_t 
             }
         }
         k->ids[k->n] = (uint32_t)id;
-        if (k->n == 0 || id > k->ids[k->newest]) {
+        if (!verify_only && (!signer || id > k->ids[k->newest])) {
             k->newest = k->n;
+            signer = true;
         }
         k->n++;
     }
     if (k->n == 0) {
         snprintf(why, whylen, "no keys (generate one with: multisited keygen FILE)");
+        goto fail;
+    }
+    if (!signer) {
+        snprintf(why, whylen, "every key is verify-only: nothing to sign with");
         goto fail;
     }
     sodium_mprotect_readonly(k->bytes);
@@ -225,7 +243,11 @@ int hb_keygen(const char *path, bool add)
             log_err("keygen: %s", why);
             return MS_EINVAL;
         }
-        id = k.ids[k.newest] + 1;
+        uint32_t max = 0;
+        for (size_t i = 0; i < k.n; i++) {
+            max = k.ids[i] > max ? k.ids[i] : max;
+        }
+        id = max + 1; /* 0 when exhausted: refused below */
         hb_keys_deinit(&k);
         if (id == 0) {
             log_err("keygen: %s: key ids exhausted", path);
@@ -240,7 +262,7 @@ int hb_keygen(const char *path, bool add)
         return errno == EEXIST ? MS_EEXIST : MS_EIO;
     }
     /* Key and its text in secure memory; the header is public. */
-    uint8_t *key = sodium_malloc(HB_KEY_LEN + 2 * HB_KEY_LEN + 1 + 32);
+    uint8_t *key = sodium_malloc(HB_KEY_LEN + 2 * HB_KEY_LEN + 1 + 48);
     if (!key) {
         close(fd);
         return MS_ENOMEM;
@@ -250,9 +272,13 @@ int hb_keygen(const char *path, bool add)
     int n = snprintf(line, 16, "%u ", id);
     sodium_bin2hex(line + n, 2 * HB_KEY_LEN + 1, key, HB_KEY_LEN);
     size_t ll = strlen(line);
+    if (add) {
+        memcpy(line + ll, " verify-only", 12);
+        ll += 12;
+    }
     line[ll++] = '\n';
-    static const char header[] = "# multisite heartbeat keys: ID HEX, one per line; the highest "
-                                 "ID signs, every ID verifies.\n";
+    static const char header[] = "# multisite heartbeat keys: ID HEX [verify-only], one per line;\n"
+                                 "# the highest ID not verify-only signs, every ID verifies.\n";
     int rc = (add ? 0 : write_all(fd, header, sizeof(header) - 1));
     if (rc == 0) {
         rc = write_all(fd, line, ll);

@@ -118,6 +118,62 @@ void hb_core_deinit(hb_core_t *c)
     memset(c, 0, sizeof(*c));
 }
 
+/* A run measured in periods of old_p, in periods of new_p: never longer than it was. */
+static void rescale(hb_run_t *r, uint64_t last_rx_ms, unsigned old_p, unsigned new_p)
+{
+    if (!r->any) {
+        return;
+    }
+    uint64_t first = (r->first * old_p + new_p - 1) / new_p;
+    r->last = last_rx_ms / new_p;
+    r->first = first < r->last ? first : r->last;
+}
+
+void hb_core_reconf(hb_core_t *c, const char *const *site_names, size_t n_sites, size_t self,
+                    const hb_timing_t *t, const uint8_t digest[HB_DIGEST_LEN], uint64_t now_mono)
+{
+    (void)now_mono;
+    assert(t->period_ms > 0 && t->periods > 0);
+    hb_rsite_t *ns = xcalloc(n_sites ? n_sites : 1, sizeof(*ns));
+    for (size_t i = 0; i < n_sites; i++) {
+        size_t k;
+        for (k = 0; k < c->n_sites; k++) {
+            if (c->sites[k].name && strcmp(c->sites[k].name, site_names[i]) == 0) {
+                break;
+            }
+        }
+        if (k < c->n_sites && k != c->self && i != self) {
+            ns[i] = c->sites[k]; /* moved: senders, windows, runs, view */
+            c->sites[k].name = NULL;
+            c->sites[k].senders = NULL;
+            continue;
+        }
+        ns[i].name = xstrdup(site_names[i]);
+        ns[i].senders = xcalloc(HB_MAX_SENDERS, sizeof(hb_sender_t));
+        ns[i].view.load = -1;
+        ns[i].view.rtt_ms = -1;
+    }
+    for (size_t k = 0; k < c->n_sites; k++) {
+        free(c->sites[k].name);
+        free(c->sites[k].senders);
+    }
+    free(c->sites);
+    c->sites = ns;
+    c->n_sites = n_sites;
+    c->self = self;
+    memcpy(c->digest, digest, HB_DIGEST_LEN);
+    for (size_t i = 0; i < n_sites; i++) {
+        for (size_t j = 0; j < ns[i].n_senders; j++) {
+            hb_sender_t *x = &ns[i].senders[j];
+            x->digest_bad = memcmp(x->digest, digest, HB_DIGEST_LEN) != 0;
+            if (t->period_ms != c->t.period_ms) {
+                rescale(&x->run, x->last_rx_ms, c->t.period_ms, t->period_ms);
+            }
+        }
+    }
+    c->t = *t;
+}
+
 static void count(hb_stats_t *s, hb_rej_t r)
 {
     uint64_t *ctr[HB_REJ_COUNT] = {

@@ -92,6 +92,7 @@ class Driver:
         self.events = []  # (t_ms, site, {field: value})
         self.state = {}  # site -> latest fields
         self.stats_lines = []
+        self.reloads = []
         self.ready = False
         threading.Thread(target=self._reader, daemon=True).start()
 
@@ -101,6 +102,8 @@ class Driver:
             with self.lock:
                 if line.startswith("ready"):
                     self.ready = True
+                elif line.startswith("reload "):
+                    self.reloads.append(line.split()[1])
                 elif line.startswith("stats "):
                     self.stats_lines.append(
                         {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])})
@@ -144,6 +147,15 @@ class Driver:
         wait_for(lambda: len(self.stats_lines) > n, deadline, "driver stats")
         with self.lock:
             return self.stats_lines[-1]
+
+    def reload(self, conf, deadline=5.0):
+        """hb_reload() with conf; returns "ok" or "failed"."""
+        with self.lock:
+            n = len(self.reloads)
+        self.command(f"reload {conf}")
+        wait_for(lambda: len(self.reloads) > n, deadline, "driver reload")
+        with self.lock:
+            return self.reloads[n]
 
     def alive(self):
         return self.p.poll() is None
@@ -236,8 +248,9 @@ class Net:
         self.iptables(node, "-A", "INPUT", "-p", "udp", "--dport", str(HB_PORT), "-m",
                       "statistic", "--mode", "random", "--probability", str(p), "-j", "DROP")
 
-    def conf(self, node, site, sites, names=None, extra=""):
-        """Write a config for `node` (a sender of `site`); sites: {site: [nodes]}."""
+    def conf(self, node, site, sites, names=None, extra="", key=None, file=None):
+        """Write a config for `node` (a sender of `site`); sites: {site: [nodes]}. key: the
+        key file (default: the shared one); file: the config's file name."""
         names = names or [("www.example.com", list(sites))]
         out = ["server:", "  listen: 127.0.0.1:1", "sites:"]
         for k, (s, members) in enumerate(sites.items()):
@@ -248,8 +261,8 @@ class Net:
         for n, ss in names:
             out += [f"  - name: {n}", f"    sites: [{', '.join(ss)}]"]
         out += ["heartbeat:", f"  self: {site}", f"  id: {node}",
-                f"  listen: {self.addr(node)}:{HB_PORT}", f"  key-file: {self.key}"]
-        path = os.path.join(self.dir, f"{node}.yaml")
+                f"  listen: {self.addr(node)}:{HB_PORT}", f"  key-file: {key or self.key}"]
+        path = os.path.join(self.dir, file or f"{node}.yaml")
         with open(path, "w") as f:
             f.write("\n".join(out) + "\n" + extra)
         return path

@@ -180,3 +180,54 @@ def test_hostile_datagrams(net):
         else:
             assert got == v, f"{k}: {got} != {v}; {s1}"
     assert a.alive() and a.available("us")
+
+
+def test_reload_keeps_liveness_and_rotates_keys(net):
+    """hb_reload: a config change keeps the sockets and every site's liveness (no flap), and a
+    key rotation in the documented three steps never loses a heartbeat."""
+    a, b = pair(net)
+    t0 = mono_ms()
+    names2 = [("www.example.com", ["eu", "us"]), ("api.example.com", ["us", "eu"])]
+    assert a.reload(net.conf("eu", "eu", SITES, names=names2, file="eu2.yaml")) == "ok"
+    wait_for(lambda: a.site("us").get("digest") == "bad" and b.site("eu").get("digest") == "bad",
+             3, "digest mismatch seen both ways after the reload")
+    assert b.reload(net.conf("us1", "us", SITES, names=names2, file="us2.yaml")) == "ok"
+    wait_for(lambda: a.site("us").get("digest") == "ok" and b.site("eu").get("digest") == "ok",
+             3, "digests agree again")
+
+    old = open(net.key).read().strip()
+    new = f"2 {os.urandom(32).hex()}"
+
+    def keyfile(name, text):
+        path = os.path.join(net.dir, name)
+        with open(path, "w") as f:
+            f.write(text + "\n")
+        os.chmod(path, 0o600)
+        return path
+
+    k1 = keyfile("k1.key", f"{old}\n{new} verify-only")  # step 1: everyone accepts key 2
+    k2 = keyfile("k2.key", f"{old}\n{new}")               # step 2: everyone signs with it
+    k3 = keyfile("k3.key", new)                            # step 3: key 1 gone
+    for k in (k1, k2, k3):
+        for d, node, site in ((a, "eu", "eu"), (b, "us1", "us")):
+            c = net.conf(node, site, SITES, names=names2, key=k, file=f"{node}-{k[-6:]}.yaml")
+            assert d.reload(c) == "ok", d.log()
+        time.sleep(1.0)
+    sa, sb = a.stats(), b.stats()
+    assert sa["unknown_key"] == 0 and sb["unknown_key"] == 0, (sa, sb)
+    assert a.down_transitions("us", since=t0) == [] and b.down_transitions("eu", since=t0) == []
+    assert a.available("us") and b.available("eu")
+
+    # Key 1 is no longer accepted.
+    beat = hb.make_beat(bytes.fromhex(old.split()[1]), 1, "us", "intruder", 99, 1)
+    code = (f"import socket,sys;socket.socket(socket.AF_INET,socket.SOCK_DGRAM).sendto("
+            f"bytes.fromhex(sys.argv[1]),('{net.addr('eu')}',{hb.HB_PORT}))")
+    hb.sh("ip", "netns", "exec", net.ns("us1"), "python3", "-c", code, beat.hex())
+    wait_for(lambda: a.stats()["unknown_key"] == 1, 3, "retired key rejected")
+
+    # A failed reload (key file others can read) changes nothing.
+    bad = keyfile("bad.key", new)
+    os.chmod(bad, 0o644)
+    assert a.reload(net.conf("eu", "eu", SITES, key=bad, file="eu-bad.yaml")) == "failed"
+    time.sleep(1.0)
+    assert a.available("us") and a.down_transitions("us", since=t0) == []

@@ -8,7 +8,8 @@
  *     test_heartbeat --drive CONFIG [--state up|down]
  * runs hb_new() for CONFIG on a libuv loop and prints one line per remote-site change:
  *     t=MONO_MS site=NAME alive=0|1 available=0|1 reported=up|down|unknown live=N digest=ok|bad
- * stdin lines "up" / "down" change what it reports; "stats" (or EOF / SIGTERM) prints
+ * stdin lines "up" / "down" change what it reports; "reload CONFIG" calls hb_reload() and
+ * prints "reload ok|failed"; "stats" (or EOF / SIGTERM) prints
  *     stats rx_ok=N tx=N rej_...=N ...                       */
 #include "heartbeat/internal.h"
 #include "tap.h"
@@ -41,15 +42,18 @@ static void make_keys(void)
     randombytes_buf(key1, sizeof(key1));
     randombytes_buf(key2, sizeof(key2));
     randombytes_buf(key_wrong, sizeof(key_wrong));
-    char h1[65], h2[65], text[300];
+    char h1[65], h2[65], text[400];
     sodium_bin2hex(h1, sizeof(h1), key1, 32);
     sodium_bin2hex(h2, sizeof(h2), key2, 32);
-    snprintf(text, sizeof(text), "# test keys\n1 %s\n\n  2\t%s   # newer\n", h1, h2);
+    snprintf(text, sizeof(text), "# test keys\n1 %s\n\n  2\t%s   # newer\n3 %s verify-only\n", h1,
+             h2, h1);
     char why[200];
     int rc = hb_keys_parse(text, strlen(text), &keys, why, sizeof(why));
-    tap_ok(rc == 0 && keys.n == 2 && keys.ids[keys.newest] == 2, "key text parses, newest id 2");
+    tap_ok(rc == 0 && keys.n == 3 && keys.ids[keys.newest] == 2,
+           "key text parses; signing key: 2 (3 is verify-only)");
     tap_ok(rc == 0 && memcmp(hb_keys_find(&keys, 1), key1, 32) == 0 &&
-               memcmp(hb_keys_find(&keys, 2), key2, 32) == 0 && !hb_keys_find(&keys, 3),
+               memcmp(hb_keys_find(&keys, 2), key2, 32) == 0 && hb_keys_find(&keys, 3) &&
+               !hb_keys_find(&keys, 4),
            "keys found by id");
 }
 
@@ -137,6 +141,10 @@ static void test_keyfiles(void)
          "1 1111111111111111111111111111111111111111111111111111111111111111\n",
          "twice"},
         {"1\n", "ID 1.."},
+        {"1 0000000000000000000000000000000000000000000000000000000000000000 verify-only\n",
+         "nothing to sign"},
+        {"1 0000000000000000000000000000000000000000000000000000000000000000 verify-onlyx\n",
+         "after the key"},
     };
     for (size_t i = 0; i < MS_ARRAY_LEN(bad); i++) {
         hb_keys_t k;
@@ -158,10 +166,24 @@ static void test_keyfiles(void)
     hb_keys_deinit(&k);
     TAP_EQ_INT(hb_keygen(path, true), 0, "keygen --add appends");
     tap_ok(hb_keys_load(path, true, &k, why, sizeof(why)) == 0 && k.n == 2 &&
-               k.ids[k.newest] == 2 && memcmp(hb_keys_find(&k, 1), first, HB_KEY_LEN) == 0 &&
-               memcmp(hb_keys_find(&k, 2), first, HB_KEY_LEN) != 0,
-           "rotation: key 1 kept, new key 2 is the newest");
+               k.ids[k.newest] == 1 && memcmp(hb_keys_find(&k, 1), first, HB_KEY_LEN) == 0 &&
+               hb_keys_find(&k, 2) && memcmp(hb_keys_find(&k, 2), first, HB_KEY_LEN) != 0,
+           "rotation: key 1 kept and still signs; new key 2 verify-only");
     hb_keys_deinit(&k);
+    char *text;
+    size_t tl;
+    if (file_read_all(path, 4096, &text, &tl) == 0) {
+        char *vo = strstr(text, " verify-only\n");
+        tap_ok(vo != NULL, "keygen --add marks the key verify-only");
+        if (vo) {
+            memmove(vo, vo + 12, strlen(vo + 12) + 1);
+        }
+        tap_ok(hb_keys_parse(text, strlen(text), &k, why, sizeof(why)) == 0 && k.ids[k.newest] == 2,
+               "mark removed: key 2 signs");
+        hb_keys_deinit(&k);
+        sodium_memzero(text, tl);
+        free(text);
+    }
     chmod(path, 0640);
     tap_ok(hb_keys_load(path, true, &k, why, sizeof(why)) != 0 && strstr(why, "chmod 600"),
            "group-readable key file refused: %s", why);
@@ -559,6 +581,46 @@ static void test_liveness(void)
     hb_core_deinit(&s.c);
 }
 
+/* Reload: a site that keeps its name keeps its liveness; renamed or now-own sites do not; a
+ * changed period keeps an alive sender alive. */
+static void test_reconf(void)
+{
+    sim_t s;
+    sim_init(&s, &timing);
+    sim_run(&s, 1, 33, 3000, -1);
+    tap_ok(s.c.sites[1].view.available, "reconf: us available before");
+    const char *const renamed[] = {"ap", "eu", "us", "sa"};
+    hb_timing_t t2 = {400, 3, 2000};
+    uint8_t d2[HB_DIGEST_LEN] = {7};
+    hb_core_reconf(&s.c, renamed, 4, 1, &t2, d2, s.now);
+    tap_ok(s.c.n_sites == 4 && strcmp(s.c.sites[2].name, "us") == 0 &&
+               s.c.sites[2].n_senders == 1 && s.c.sites[2].view.available,
+           "reconf: us moved to index 2 with its sender and view");
+    tap_ok(s.c.sites[2].senders[0].digest_bad, "reconf: digest flags recomputed");
+    bool ch = hb_core_eval(&s.c, s.now, true);
+    tap_ok(s.c.sites[2].view.available && s.c.sites[2].view.digest_mismatch && ch,
+           "reconf: still available after a period change (digest now differs)");
+    TAP_EQ_INT(s.c.sites[1].n_senders, 0, "reconf: our own site has no senders");
+    /* Keep sending as site us to index 2: the window continues, no replay. */
+    uint64_t rej = s.c.stats.rej_replay;
+    for (int k = 0; k < 100; k++) {
+        s.now += 33;
+        sim_send(&s, 0);
+        hb_core_eval(&s.c, s.now, true);
+        if (!s.c.sites[2].view.available) {
+            break;
+        }
+    }
+    tap_ok(s.c.sites[2].view.available && s.c.stats.rej_replay == rej,
+           "reconf: stream continues without a flap or a replay");
+    const char *const gone[] = {"eu", "ap"};
+    hb_core_reconf(&s.c, gone, 2, 0, &timing, digest0, s.now);
+    hb_core_eval(&s.c, s.now, true);
+    tap_ok(s.c.n_sites == 2 && !s.c.sites[1].view.available && s.c.sites[1].n_senders == 0,
+           "reconf: site us removed, ap starts empty");
+    hb_core_deinit(&s.c);
+}
+
 /* ---- config digest ---- */
 
 static conf_t *load_conf(const char *text)
@@ -664,12 +726,34 @@ static void drv_stop(void)
     drv_hb = NULL;
 }
 
+/* "reload PATH": hb_reload() with a new config; prints "reload ok" or "reload failed". */
+static void drv_reload(char *path)
+{
+    conf_t *c;
+    conf_err_t ce;
+    int rc = conf_load(path, &c, &ce);
+    if (rc != 0) {
+        fprintf(stderr, "%s\n", ce.msg);
+    } else if ((rc = hb_reload(drv_hb, c)) != 0) {
+        conf_free(c);
+    } else {
+        conf_free((conf_t *)drv_conf);
+        drv_conf = c;
+        free(drv_prev);
+        drv_prev = xcalloc(c->n_sites, sizeof(*drv_prev));
+        drv_changed(NULL);
+    }
+    printf("reload %s\n", rc == 0 ? "ok" : "failed");
+    fflush(stdout);
+    free(path);
+}
+
 static void drv_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
 {
     (void)h;
     (void)sz;
-    static char buf[256];
-    *b = uv_buf_init(buf, sizeof(buf));
+    static char buf[1024];
+    *b = uv_buf_init(buf, sizeof(buf) - 1);
 }
 
 static void drv_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
@@ -684,6 +768,7 @@ static void drv_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
     if (!drv_hb) {
         return;
     }
+    b->base[n] = '\0'; /* the buffer has room: see drv_alloc */
     /* Commands are short and written one per write: good enough for a test tool. */
     if (n >= 2 && memcmp(b->base, "up", 2) == 0) {
         drv_self.state = HEALTH_UP;
@@ -695,6 +780,10 @@ static void drv_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
         hb_set_self(drv_hb, &drv_self);
     } else if (n >= 5 && memcmp(b->base, "stats", 5) == 0) {
         drv_stats();
+    } else if (n > 7 && memcmp(b->base, "reload ", 7) == 0) {
+        drv_reload(xstrndup(b->base + 7, strcspn(b->base + 7, "\n") < (size_t)n - 7
+                                             ? strcspn(b->base + 7, "\n")
+                                             : (size_t)n - 7));
     }
 }
 
@@ -743,7 +832,7 @@ static int drive(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     free(drv_prev);
-    conf_free(c);
+    conf_free((conf_t *)drv_conf); /* c, or what a reload replaced it with */
     return 0;
 }
 
@@ -763,6 +852,7 @@ int main(int argc, char **argv)
     test_window();
     test_rejections();
     test_liveness();
+    test_reconf();
     test_digest();
     hb_keys_deinit(&keys);
     char cmd[128];
