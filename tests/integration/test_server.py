@@ -211,3 +211,13 @@ def test_wildcard_listen_replies_from_the_address_asked(workdir):
             assert r.answer and r.answer[0][0].address == "192.0.2.80", addr
     finally:
         assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("example", ["multisited.yaml", "cluster-eu.yaml"])
+def test_examples_validate(example):
+    """The shipped example configs document every option and must stay valid."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "examples", example)
+    r = subprocess.run([MULTISITED, "-t", "-c", path], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
