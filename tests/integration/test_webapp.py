@@ -705,13 +705,41 @@ def sqlite_value(path, sql, *args):
         con.close()
 
 
-def test_two_sites_replicated_by_syncd(workdir):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def two_site_dbs(request, workdir):
+    """Two sites' databases: (backend, {site: db spec}, visits(site, session id) -> int|None).
+    PostgreSQL: two databases on the module's server (one server stands in for two)."""
+    sites = ("a", "b")
+    if request.param == "sqlite":
+        d = tempfile.mkdtemp(prefix="wa-sites-", dir=workdir)
+        paths = {s: os.path.join(d, f"{s}.sqlite") for s in sites}
+
+        def visits(site, sid):
+            return sqlite_value(paths[site], "SELECT visits FROM sessions WHERE id = ?", sid)
+        return "sqlite", {s: f"sqlite:{paths[s]}" for s in sites}, visits
+    pg = request.getfixturevalue("pg_site")[0]
+    names = {s: f"rep_{s}_{uuid.uuid4().hex[:8]}" for s in sites}
+    specs = {s: pg.create_db(names[s]) for s in sites}
+
+    def pg_visits(site, sid):
+        assert webapp_id_ok(sid)  # inlined into SQL below: hex only
+        out = pg.psql(f"SELECT visits FROM sessions WHERE id = '{sid}'", dbname=names[site])
+        return int(out) if out.strip() else None
+    return "postgresql", specs, pg_visits
+
+
+def webapp_id_ok(s):
+    return len(s) == 32 and all(c in "0123456789abcdef" for c in s)
+
+
+def test_two_sites_replicated_by_syncd(workdir, two_site_dbs):
     """The point of keeping every piece of state in the site database: with multisite-syncd
     replicating the web app's tables, a session made at site A is served at site B (same id,
     the count goes on), and a guestbook entry made at B is listed at A. Each database keeps
-    its own identity."""
+    its own identity (site_identity is not replicated)."""
+    backend, specs, visits = two_site_dbs
     assert os.access(SYNCD, os.X_OK), f"{SYNCD} is not built (run make)"
-    d = tempfile.mkdtemp(prefix="wa-sites-", dir=workdir)
+    d = tempfile.mkdtemp(prefix="wa-sync-", dir=workdir)
     key = os.path.join(d, "key")
     with open(key, "w") as f:
         f.write(subprocess.run([SYNCD, "keygen"], check=True, capture_output=True,
@@ -719,41 +747,39 @@ def test_two_sites_replicated_by_syncd(workdir):
     os.chmod(key, 0o600)
     sites = {"a": 1, "b": 2}
     ports = {s: free_port(v6=False) for s in sites}
-    dbs = {s: os.path.join(d, f"{s}.sqlite") for s in sites}
     procs = []
     try:
         for s, sid in sites.items():
             o = "b" if s == "a" else "a"
+            db = specs[s][len("sqlite:"):] if backend == "sqlite" else specs[s]
             conf = os.path.join(d, f"sync-{s}.yaml")
             with open(conf, "w") as f:
-                f.write(f"sync:\n  site: {s}\n  site_id: {sid}\n  backend: sqlite\n"
-                        f"  database: \"{dbs[s]}\"\n  tables: [{', '.join(REPLICATED)}]\n"
+                f.write(f"sync:\n  site: {s}\n  site_id: {sid}\n  backend: {backend}\n"
+                        f"  database: \"{db}\"\n  tables: [{', '.join(REPLICATED)}]\n"
                         f"  listen: 127.0.0.1:{ports[s]}\n  key_file: {key}\n"
                         f"  status_socket: {os.path.join(d, s + '.sock')}\n"
                         f"  peers:\n    - {{name: {o}, id: {sites[o]}, "
                         f"address: 127.0.0.1:{ports[o]}}}\n")
             # The web app makes its tables, then syncd installs capture on them.
-            r = subprocess.run([WEBAPP, "--init", "--db", f"sqlite:{dbs[s]}", "--site", s],
+            r = subprocess.run([WEBAPP, "--init", "--db", specs[s], "--site", s],
                                capture_output=True, text=True)
             assert r.returncode == 0, r.stderr
             r = subprocess.run([SYNCD, "-c", conf, "init"], capture_output=True, text=True)
             assert r.returncode == 0, f"syncd init: {r.stderr}"
             procs.append(Server(f"syncd-{s}", [SYNCD, "-c", conf, "run"], ports[s], d,
                                 ["127.0.0.1"]).start())
-        web_a = start_webapp(workdir, "web-a", "a", f"sqlite:{dbs['a']}")
+        web_a = start_webapp(workdir, "web-a", "a", specs["a"])
         procs.append(web_a)
-        web_b = start_webapp(workdir, "web-b", "b", f"sqlite:{dbs['b']}")
+        web_b = start_webapp(workdir, "web-b", "b", specs["b"])
         procs.append(web_b)
 
         st, h, body = web_a.get("/session")
         cookie, sid = session_cookie(h), json.loads(body)["id"]
         assert json.loads(web_a.get("/session", headers={"Cookie": cookie})[2])["visits"] == 2
-        wait_for(lambda: sqlite_value(dbs["b"], "SELECT visits FROM sessions WHERE id = ?",
-                                      sid) == 2, 15, "the session to reach site b")
+        wait_for(lambda: visits("b", sid) == 2, 15, "the session to reach site b")
         s = json.loads(web_b.get("/session", headers={"Cookie": cookie})[2])
         assert s["id"] == sid and s["visits"] == 3 and s["served_by"]["site"] == "b", s
-        wait_for(lambda: sqlite_value(dbs["a"], "SELECT visits FROM sessions WHERE id = ?",
-                                      sid) == 3, 15, "site b's visit to reach site a")
+        wait_for(lambda: visits("a", sid) == 3, 15, "site b's visit to reach site a")
 
         tag = uuid.uuid4().hex
         st, _, _ = req(web_b.port, "POST", "/guestbook", body=json.dumps({"message": tag}),
