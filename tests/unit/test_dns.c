@@ -126,6 +126,8 @@ typedef struct {
     bool do_bit;
     bool nsid;
     bool unknown_opt;
+    const char *ecs; /* EDNS Client Subnet option payload (RFC 7871), ecs_len bytes */
+    uint8_t ecs_len;
 } qp_t;
 
 static size_t put_qname(uint8_t *p, const char *name)
@@ -161,6 +163,12 @@ static size_t put_opt_rr(uint8_t *p, const qp_t *q)
         wr_u16(p + o + 2, 3);
         memcpy(p + o + 4, "abc", 3);
         o += 7;
+    }
+    if (q->ecs) {
+        wr_u16(p + o, 8);
+        wr_u16(p + o + 2, q->ecs_len);
+        memcpy(p + o + 4, q->ecs, q->ecs_len);
+        o += 4u + q->ecs_len;
     }
     if (q->nsid) {
         wr_u16(p + o, 3);
@@ -633,6 +641,47 @@ static bool ck_no_nsid(const msg_t *m)
     return m->opt && m->opt_rdlen == 0;
 }
 
+/* The reply's ECS option, or NULL; *len set to its payload length. */
+static const uint8_t *opt_find(const msg_t *m, uint16_t code, uint16_t *len)
+{
+    size_t o = m->opt_rdoff, end = m->opt_rdoff + m->opt_rdlen;
+    while (m->opt && o + 4 <= end) {
+        uint16_t c = rd_u16(m->pkt + o), l = rd_u16(m->pkt + o + 2);
+        if (c == code && o + 4 + l <= end) {
+            *len = l;
+            return m->pkt + o + 4;
+        }
+        o += 4u + l;
+    }
+    return NULL;
+}
+
+static bool ck_ecs_v4_24(const msg_t *m)
+{
+    uint16_t l = 0;
+    const uint8_t *e = opt_find(m, 8, &l);
+    static const uint8_t want[] = {0, 1, 24, 0, 192, 0, 2};
+    return e && l == sizeof(want) && memcmp(e, want, l) == 0;
+}
+
+static bool ck_ecs_v6_56_nsid(const msg_t *m)
+{
+    uint16_t l = 0, nl = 0;
+    const uint8_t *e = opt_find(m, 8, &l);
+    const uint8_t *n = opt_find(m, 3, &nl);
+    static const uint8_t want[] = {0, 2, 56, 0, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0};
+    return e && l == sizeof(want) && memcmp(e, want, l) == 0 && n && nl == 7 &&
+           memcmp(n, "test-ns", 7) == 0;
+}
+
+static bool ck_ecs_zero(const msg_t *m)
+{
+    uint16_t l = 0;
+    const uint8_t *e = opt_find(m, 8, &l);
+    static const uint8_t want[] = {0, 1, 0, 0};
+    return e && l == sizeof(want) && memcmp(e, want, l) == 0;
+}
+
 static bool ck_notimp_opcode(const msg_t *m)
 {
     return m->opcode == 2;
@@ -785,6 +834,31 @@ static const dcase_t cases[] = {
      RCODE_NXDOMAIN, 1, 0, 0, 1, 1, "OPT after the SOA", ck_soa_ttl_300},
     {"EDNS REFUSED", {"example.org", RR_A, EDNS}, UDP,
      RCODE_REFUSED, 0, 0, 0, 0, 1, "OPT even when refused", ck_opt_plain},
+    /* EDNS Client Subnet (RFC 7871): echoed with scope 0 (no client-dependent data here);
+     * malformed options are FORMERR (7.1.1) */
+    {"ECS IPv4 /24", {"example.com", RR_A, EDNS, .ecs = "\0\1\x18\0\xc0\0\2", .ecs_len = 7}, UDP,
+     0, 1, 0, 1, 0, 1, "option echoed, scope 0", ck_ecs_v4_24},
+    {"ECS IPv6 /56 and NSID", {"www.example.com", RR_AAAA, EDNS, .nsid = true,
+     .ecs = "\0\2\x38\0\x20\x01\x0d\xb8\0\0\0", .ecs_len = 11}, UDP,
+     0, 1, 0, 1, 1, 1, "both options in the reply", ck_ecs_v6_56_nsid},
+    {"ECS /0", {"example.com", RR_A, EDNS, .ecs = "\0\1\0\0", .ecs_len = 4}, UDP,
+     0, 1, 0, 1, 0, 1, "no address bytes", ck_ecs_zero},
+    {"ECS address longer than the prefix", {"example.com", RR_A, EDNS,
+     .ecs = "\0\1\x18\0\xc0\0\2\1", .ecs_len = 8}, UDP,
+     RCODE_FORMERR, 0, 0, 0, 0, 0, "", NULL},
+    {"ECS bits set past the prefix", {"example.com", RR_A, EDNS,
+     .ecs = "\0\1\x17\0\xc0\0\3", .ecs_len = 7}, UDP,
+     RCODE_FORMERR, 0, 0, 0, 0, 0, "", NULL},
+    {"ECS scope set in a query", {"example.com", RR_A, EDNS,
+     .ecs = "\0\1\x18\x18\xc0\0\2", .ecs_len = 7}, UDP,
+     RCODE_FORMERR, 0, 0, 0, 0, 0, "", NULL},
+    {"ECS unknown family", {"example.com", RR_A, EDNS, .ecs = "\0\3\x08\0\1", .ecs_len = 5}, UDP,
+     RCODE_FORMERR, 0, 0, 0, 0, 0, "", NULL},
+    {"ECS IPv4 prefix 33", {"example.com", RR_A, EDNS,
+     .ecs = "\0\1\x21\0\1\2\3\4\0", .ecs_len = 9}, UDP,
+     RCODE_FORMERR, 0, 0, 0, 0, 0, "", NULL},
+    {"ECS too short", {"example.com", RR_A, EDNS, .ecs = "\0\1\0", .ecs_len = 3}, UDP,
+     RCODE_FORMERR, 0, 0, 0, 0, 0, "", NULL},
     /* CHAOS */
     {"CHAOS id.server", {"ID.Server", RR_TXT, 3}, UDP,
      0, 1, 0, 1, 0, 0, "configured identity, class CH", ck_chaos_id},
@@ -974,6 +1048,42 @@ static void test_raw(void)
     tap_ok(raw_answer(p2, n + sizeof(auth_rr), false, &m, NULL) > 0 && m.ok && m.rcode == 0 &&
                m.an == 1 && m.opt,
            "a record in the authority section is skipped, OPT after it read");
+
+    /* RDATA of known types must be well formed (FORMERR otherwise, as Knot); unknown types
+     * and empty RDATA are opaque. Each is one record in the authority section of a plain
+     * query for www.example.com. */
+    static const struct {
+        const char *what;
+        uint8_t rr[24];
+        size_t n;
+        bool ok;
+    } rds[] = {
+        {"A with 4 bytes", {0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 1, 2, 3, 4}, 16, true},
+        {"A with 3 bytes", {0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 3, 1, 2, 3}, 15, false},
+        {"empty A", {0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0}, 12, true},
+        {"NS pointing back at the qname",
+         {0xC0, 12, 0, 2, 0, 1, 0, 0, 0, 0, 0, 2, 0xC0, 12},
+         14,
+         true},
+        {"NS with a forward pointer",
+         {0xC0, 12, 0, 2, 0, 1, 0, 0, 0, 0, 0, 2, 0xC0, 0x30},
+         14,
+         false},
+        {"NS name running past RDLEN", {0xC0, 12, 0, 2, 0, 1, 0, 0, 0, 0, 0, 2, 3, 'a'}, 14, false},
+        {"MX without its name", {0xC0, 12, 0, 15, 0, 1, 0, 0, 0, 0, 0, 2, 0, 10}, 14, false},
+        {"unknown type, any bytes",
+         {0xC0, 12, 0xFF, 0x00, 0, 1, 0, 0, 0, 0, 0, 3, 0xC0, 0xFF, 7},
+         15,
+         true},
+    };
+    for (size_t i = 0; i < MS_ARRAY_LEN(rds); i++) {
+        n = build_query(p, 0x5151, &www);
+        memcpy(p + n, rds[i].rr, rds[i].n);
+        wr_u16(p + 8, 1);
+        size_t rl = raw_answer(p, n + rds[i].n, false, &m, NULL);
+        tap_ok(rl > 0 && m.ok && m.rcode == (rds[i].ok ? RCODE_NOERROR : RCODE_FORMERR),
+               "record in the query, %s: %s", rds[i].what, rds[i].ok ? "answered" : "FORMERR");
+    }
 
     /* Counters. */
     dns_stats_t st;
