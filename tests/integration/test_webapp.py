@@ -252,11 +252,17 @@ def sqlite_site(workdir):
         os.chown(d, pw.pw_uid, pw.pw_gid)
     os.chmod(d, 0o755)
     db = os.path.join(d, "site-a.sqlite")
-    web1 = start_webapp(workdir, "web1", "a", f"sqlite:{db}", identity="db-a-sqlite", user=user)
-    web2 = start_webapp(workdir, "web2", "a", f"sqlite:{db}", user=user)
-    yield web1, web2, db
-    stop_all(web1, web2)
-    shutil.rmtree(d, ignore_errors=True)
+    apps = []
+    try:
+        apps.append(start_webapp(workdir, "web1", "a", f"sqlite:{db}", identity="db-a-sqlite",
+                                 user=user))
+        apps.append(start_webapp(workdir, "web2", "a", f"sqlite:{db}", user=user))
+        yield apps[0], apps[1], db
+    finally:
+        try:
+            stop_all(*apps)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def test_sqlite_served_by(sqlite_site):
@@ -511,22 +517,22 @@ def test_hostile_rows_from_the_database(sqlite_site):
 
 @pytest.fixture(scope="module")
 def pg_site(workdir):
-    pg = PgCluster().start()
+    pg = PgCluster()
+    apps = []
     try:
+        pg.start()
         pg.create_db("site_b")
         pg.create_db("site_late")
         # One app with a key=value conninfo, the other with a URI, on the same database.
-        web1 = start_webapp(workdir, "pgweb1", "b", pg.conninfo("site_b"),
-                            identity="db-b-postgres")
-        web2 = start_webapp(workdir, "pgweb2", "b", pg.uri("site_b"))
-    except BaseException:
-        pg.destroy()
-        raise
-    yield pg, web1, web2
-    try:
-        stop_all(web1, web2)
+        apps.append(start_webapp(workdir, "pgweb1", "b", pg.conninfo("site_b"),
+                                 identity="db-b-postgres"))
+        apps.append(start_webapp(workdir, "pgweb2", "b", pg.uri("site_b")))
+        yield pg, apps[0], apps[1]
     finally:
-        pg.destroy()
+        try:
+            stop_all(*apps)
+        finally:
+            pg.destroy()
 
 
 def test_pg_served_by(pg_site):
