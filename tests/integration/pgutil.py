@@ -61,6 +61,7 @@ class PgCluster:
                                        "--no-instructions", "-E", "UTF8", "--locale=C"],
                            capture_output=True, text=True)
         if r.returncode != 0:
+            shutil.rmtree(self.dir, ignore_errors=True)
             raise AssertionError(f"initdb failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
 
     def __enter__(self):
@@ -107,7 +108,11 @@ class PgCluster:
                 raise AssertionError(f"postgres exited with {self.proc.returncode}; log:\n"
                                      f"{self.log_tail()}")
             return self.ready()
-        wait_for(up, START_DEADLINE, f"postgres on port {self.port}", interval=0.05)
+        try:
+            wait_for(up, START_DEADLINE, f"postgres on port {self.port}", interval=0.05)
+        except AssertionError:
+            self.stop()  # by our pid, if it is still there
+            raise
         return self
 
     def stop(self):
