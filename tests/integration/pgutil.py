@@ -120,6 +120,7 @@ class PgCluster:
         SIGQUIT then SIGKILL to the same pid if it does not go in time."""
         if self.proc is None:
             return None
+        was_running = self.proc.poll() is None
         for sig, wait in ((signal.SIGINT, STOP_DEADLINE), (signal.SIGQUIT, 5),
                           (signal.SIGKILL, 5)):
             if self.proc.poll() is not None:
@@ -132,8 +133,9 @@ class PgCluster:
         rc = self.proc.returncode
         self._log.close()
         self.proc = None
-        # The port is free once the postmaster is gone; wait until nothing answers on it.
-        wait_for(lambda: not self.ready(), 5, f"port {self.port} to close")
+        if was_running:
+            # The port is free once the postmaster is gone; wait until nothing answers on it.
+            wait_for(lambda: not self.ready(), 5, f"port {self.port} to close")
         return rc
 
     def destroy(self):
