@@ -34,7 +34,7 @@ LIB_SRCS := $(sort $(wildcard src/*/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 LIB := $(BUILD)/libmultisite.a
 
-PROG_SRCS := $(wildcard src/multisited.c src/multisitectl.c src/multisite-syncd.c src/multisite-webapp.c)
+PROG_SRCS := $(wildcard src/multisited.c src/multisitectl.c src/multisite-syncd.c src/multisite-webapp.c src/multisite-fetch.c)
 PROGS := $(PROG_SRCS:src/%.c=$(BUILD)/%)
 
 UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
