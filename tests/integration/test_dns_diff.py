@@ -736,6 +736,16 @@ MALFORMED = [
     ("OPT-twice", _hdr(ar=2) + _Q + _OPT + _OPT, (DROP,), FORMERR_OR_DROP),
     ("OPT-bad-rdlen", _hdr(ar=1) + _Q + b"\x00" + struct.pack(">HHIH", 41, 1232, 0, 10),
      (DROP,), FORMERR_OR_DROP),
+    ("OPT-bad-rdlen-outside-zones", _hdr(ar=1) + b"\x07example\x03org\x00" +
+     struct.pack(">HH", 1, 1) + b"\x00" + struct.pack(">HHIH", 41, 1232, 0, 10),
+     (DROP,), FORMERR_OR_DROP),
+    ("OPT-bad-rdlen-high-version", _hdr(ar=1) + _Q + b"\x00" +
+     struct.pack(">HHIH", 41, 512, 0xCFD41300, 0x91C8) + b"\x00" * 10,
+     (DROP,), FORMERR_OR_DROP),
+    ("additional-owner-overruns-class-207", _hdr(ar=1) + _QN + struct.pack(">HH", 1, 207) +
+     b"\xd4\x13\x00\x91", (DROP,), FORMERR_OR_DROP),
+    ("additional-owner-overruns-outside-zones", _hdr(ar=1) + b"\x07example\x03org\x00" +
+     struct.pack(">HH", 1, 1) + b"\xd4\x13\x00\x91", (DROP,), FORMERR_OR_DROP),
     ("OPT-option-overruns", _hdr(ar=1) + _Q + b"\x00" + struct.pack(">HHIHHH", 41, 1232, 0,
                                                                      4, 3, 10),
      (DROP,), FORMERR_OR_DROP),
@@ -763,10 +773,10 @@ MALFORMED = [
      "RFC 6895 sec. 3.1: MAILA is obsolete; NOTIMP or NODATA both fit"),
     ("qclass-NONE", _hdr() + _QN + struct.pack(">HH", 1, 254), (FORMERR,),
      "RFC 2136: class NONE is only meaningful in UPDATE; REFUSED or FORMERR"),
-    ("TSIG-garbage", _hdr(ar=1) + _Q + b"\x00" + struct.pack(">HHIH", 250, 255, 0, 0),
-     (DROP, NOTIMP, NOERROR),
-     "RFC 8945 sec. 5.2: a server without TSIG may FORMERR/NOTAUTH; with no TSIG keys, "
-     "treating it as unsupported is a choice"),
+    # RFC 8945 sec. 5.2: a TSIG record must be processed even by a server with no keys
+    # (test_tsig_unknown_key); one with empty RDATA is malformed.
+    ("TSIG-empty-rdata", _hdr(ar=1) + _Q + b"\x00" + struct.pack(">HHIH", 250, 255, 0, 0),
+     (DROP,), FORMERR_OR_DROP),
 ]
 
 
@@ -1205,6 +1215,55 @@ def _qtype(pkt):
     return None
 
 
+def _skip_name(pkt, i):
+    while True:
+        ln = pkt[i]
+        if ln & 0xC0 == 0xC0:
+            return i + 2
+        if ln == 0:
+            return i + 1
+        i += 1 + ln
+
+
+def _ecs_options(pkt):
+    """The raw data of every ECS option in the OPT record(s) of `pkt`; [] if unparseable."""
+    try:
+        qd, an, ns, ar = struct.unpack(">HHHH", pkt[4:12])
+        i = 12
+        for _ in range(qd):
+            i = _skip_name(pkt, i) + 4
+        out = []
+        for _ in range(an + ns + ar):
+            i = _skip_name(pkt, i)
+            rtype, _, _, rdlen = struct.unpack(">HHIH", pkt[i:i + 10])
+            i += 10
+            if rtype == 41:
+                j = i
+                while j + 4 <= i + rdlen:
+                    code, olen = struct.unpack(">HH", pkt[j:j + 4])
+                    if code == 8:
+                        out.append(pkt[j + 4:j + 4 + olen])
+                    j += 4 + olen
+            i += rdlen
+        return out
+    except (IndexError, struct.error):
+        return []
+
+
+def _ecs_invalid(data):
+    """RFC 7871 sec. 6: FORMERR-worthy ECS (bad family, prefix too long, wrong number of
+    address octets, bits set past the prefix, or SCOPE not 0 in a query)."""
+    if len(data) < 4:
+        return True
+    family, src, scope = struct.unpack(">HBB", data[:4])
+    addr = data[4:]
+    if family not in (1, 2) or src > (32 if family == 1 else 128) or scope != 0:
+        return True
+    if len(addr) != (src + 7) // 8:
+        return True
+    return bool(src % 8 and addr[-1] & (0xFF >> (src % 8)))
+
+
 def mutation_allowed(pkt, k, o):
     if k == o:
         return True
@@ -1215,6 +1274,9 @@ def mutation_allowed(pkt, k, o):
             dns.message.from_wire(pkt)
         except Exception:
             return True
+    # RFC 7871 sec. 6 (see "formerr" and "ecs-scope"): a broken ECS option may get FORMERR.
+    if o == "FORMERR" and any(_ecs_invalid(d) for d in _ecs_options(pkt)):
+        return True
     qt = _qtype(pkt)
     # RFC 6895 sec. 3.1 reserves TYPE0 without saying how to answer it: knotd says NOTIMP;
     # answering it as any other type without data (NODATA/NXDOMAIN/REFUSED) is as valid.

@@ -221,3 +221,62 @@ def test_examples_validate(example):
     r = subprocess.run([MULTISITED, "-t", "-c", path], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 0, r.stderr
+
+
+def _rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_tcp_half_close_and_unread_replies(workdir, tmp):
+    """RFC 7766 6.2.4: a client may pipeline queries and shut down its sending side; every
+    reply must still arrive. And a client that sends without reading must not make the
+    server queue replies without bound."""
+    zone = os.path.join(tmp, "huge.zone")
+    with open(zone, "w") as f:
+        f.write("$ORIGIN huge.test.\n$TTL 300\n@ SOA ns1 h 1 2 3 4 5\n@ NS ns1\nns1 A 192.0.2.1\n")
+        for i in range(400):
+            f.write(f'big TXT "{i:04d}{"x" * 120}"\n')
+    zones = dict(ZONES)
+    zones["huge.test"] = zone
+    srv = start_multisited(workdir, zones=zones, v6=False)
+    try:
+        wire = dns.message.make_query("big.huge.test", "TXT").to_wire()
+        frame = struct.pack(">H", len(wire)) + wire
+        s = socket.create_connection((srv.addr, srv.port), timeout=10)
+        s.sendall(frame * 60)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        n, off = 0, 0
+        while off + 2 <= len(data):
+            ln = struct.unpack(">H", data[off:off + 2])[0]
+            if off + 2 + ln > len(data):
+                break
+            assert dns.message.from_wire(data[off + 2:off + 2 + ln]).answer
+            n, off = n + 1, off + 2 + ln
+        assert n == 60, f"{n} of 60 replies after a half-close"
+
+        before = _rss_kb(srv.pid)
+        hogs = []
+        for _ in range(4):
+            h = socket.create_connection((srv.addr, srv.port), timeout=10)
+            h.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            h.sendall(frame * 1500)  # ~80 MB of replies if all were queued
+            hogs.append(h)
+        time.sleep(1.0)
+        grown = _rss_kb(srv.pid) - before
+        assert grown < 16 * 1024, f"server RSS grew by {grown} KiB for 4 clients that do not read"
+        assert _query(srv, "www.example.com").rcode() == 0
+        for h in hogs:
+            h.close()
+    finally:
+        assert srv.stop() == 0
