@@ -117,8 +117,8 @@ static char *resolve_path(const char *conf_path, const char *p)
 
 static int load_zones(conf_t *c, const conf_node_t *zs, conf_err_t *err)
 {
-    if (!zs) {
-        return 0;
+    if (!zs || (zs->kind == CONF_SCALAR && zs->value[0] == '\0')) {
+        return 0; /* absent, or "zones:" with nothing under it */
     }
     if (zs->kind != CONF_SEQ) {
         conf_errf(err, zs, "zones: expected a list of {origin, file}");

@@ -187,7 +187,7 @@ int conf_load_regions(conf_t *c, const conf_node_t *regions, const conf_node_t *
 int conf_load_regions(conf_t *c, const conf_node_t *regions, const conf_node_t *geoip,
                       conf_err_t *err)
 {
-    if (regions) {
+    if (regions && !(regions->kind == CONF_SCALAR && regions->value[0] == 0)) {
         if (regions->kind != CONF_SEQ) {
             conf_errf(err, regions, "regions: expected a list of {name, subnets, prefer}");
             return MS_ECONF;

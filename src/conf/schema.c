@@ -202,6 +202,9 @@ static int apply_one(const conf_opt_t *o, const char *section, const conf_node_t
 int conf_apply(const conf_node_t *node, const conf_opt_t *schema, size_t n_schema,
                const char *section, void *out, conf_err_t *err)
 {
+    if (node && node->kind == CONF_SCALAR && node->value[0] == '\0') {
+        node = NULL; /* "section:" with every option commented out: all defaults */
+    }
     if (node && node->kind != CONF_MAP) {
         conf_errf(err, node, "%s: expected a mapping of options", section ? section : "(top)");
         return MS_ECONF;

@@ -539,7 +539,7 @@ int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *name
 int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *names,
                     const conf_node_t *hb, conf_err_t *err)
 {
-    if (sites) {
+    if (sites && !(sites->kind == CONF_SCALAR && sites->value[0] == 0)) {
         if (sites->kind != CONF_SEQ) {
             conf_errf(err, sites, "sites: expected a list of sites");
             return MS_ECONF;
@@ -551,7 +551,7 @@ int conf_load_sites(conf_t *c, const conf_node_t *sites, const conf_node_t *name
             }
         }
     }
-    if (names) {
+    if (names && !(names->kind == CONF_SCALAR && names->value[0] == 0)) {
         if (names->kind != CONF_SEQ) {
             conf_errf(err, names, "names: expected a list of load-balanced names");
             return MS_ECONF;

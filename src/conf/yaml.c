@@ -1,7 +1,9 @@
 /* yaml.c: YAML text -> conf_node_t tree with file and line of every node (libyaml events).
  *
- * We keep only what a configuration needs: mappings, sequences and scalars. Aliases and
- * tags are refused so that what the file says is what the daemon does. */
+ * We keep only what a configuration needs: mappings, sequences and scalars. Aliases are
+ * refused so that what the file says is what the daemon does; tags (!!str) are ignored:
+ * every value is checked as text by the schema anyway. An empty value ("section:" with all
+ * its lines commented out) reads as an empty scalar, which the loaders treat as absent. */
 #include "conf.h"
 
 #include <errno.h>

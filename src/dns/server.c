@@ -229,6 +229,7 @@ struct tcp_conn {
     net_addr_t peer;
     uint64_t last_ms;
     size_t rlen;
+    bool eof; /* the client shut down its sending side */
     uint8_t *wbuf;
     size_t wlen, woff, wcap;
     bool reading;
@@ -265,8 +266,10 @@ static void conn_update_events(tcp_state_t *t, tcp_conn_t *c)
 {
     struct epoll_event ev = {0};
     ev.data.ptr = c;
-    c->reading = c->wlen - c->woff < TCP_WBUF_HIGH;
-    ev.events = (c->reading ? EPOLLIN : 0) | (c->wlen > c->woff ? EPOLLOUT : 0) | EPOLLRDHUP;
+    /* Read only while replies are drained: a client that sends but never reads must not
+     * make us queue without bound. After the client's EOF, only writes remain. */
+    c->reading = !c->eof && c->wlen - c->woff < TCP_WBUF_HIGH && c->rlen < sizeof(c->rbuf);
+    ev.events = (c->reading ? EPOLLIN | EPOLLRDHUP : 0) | (c->wlen > c->woff ? EPOLLOUT : 0);
     epoll_ctl(t->ep, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
@@ -311,13 +314,62 @@ static void conn_queue(tcp_conn_t *c, const uint8_t *msg, size_t len)
     c->wlen += len + 2;
 }
 
-static void conn_read(tcp_state_t *t, tcp_conn_t *c)
+/* Answer the complete messages in rbuf, in order, while the reply queue is below its high
+ * mark; the rest wait in rbuf until the client reads. */
+static void conn_answer(tcp_state_t *t, tcp_conn_t *c)
+{
+    size_t off = 0;
+    snap_read_lock();
+    const snap_t *s = snap_current();
+    while (c->rlen - off >= 2 && c->wlen - c->woff < TCP_WBUF_HIGH) {
+        size_t ml = rd_u16(c->rbuf + off);
+        if (c->rlen - off < 2 + ml) {
+            break;
+        }
+        size_t rl = s ? dns_answer_client(s, c->rbuf + off + 2, ml, t->resp, sizeof(t->resp), true,
+                                          &c->peer, &t->w->stats)
+                      : 0;
+        DNS_STAT_INC(&t->w->stats, tcp);
+        if (rl) {
+            conn_queue(c, t->resp, rl);
+        }
+        off += 2 + ml;
+    }
+    snap_read_unlock();
+    if (off) {
+        memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+        c->rlen -= off;
+    }
+}
+
+static bool has_complete_msg(const tcp_conn_t *c)
+{
+    return c->rlen >= 2 && c->rlen >= 2u + rd_u16(c->rbuf);
+}
+
+/* Everything a connection can do now: send queued replies, answer queued queries, read more.
+ * After the client's EOF (a half-close is allowed, RFC 7766 6.2.4) every query already
+ * received is still answered and sent before the connection closes. */
+static void conn_service(tcp_state_t *t, tcp_conn_t *c)
 {
     for (;;) {
+        if (!conn_flush(t, c)) {
+            return;
+        }
+        if (c->wlen - c->woff >= TCP_WBUF_HIGH) {
+            break; /* wait until the client reads (EPOLLOUT) */
+        }
+        if (has_complete_msg(c)) {
+            conn_answer(t, c);
+            continue;
+        }
+        if (c->eof || c->rlen == sizeof(c->rbuf)) {
+            break;
+        }
         ssize_t n = recv(c->fd, c->rbuf + c->rlen, sizeof(c->rbuf) - c->rlen, 0);
         if (n == 0) {
-            conn_close(t, c);
-            return;
+            c->eof = true;
+            break;
         }
         if (n < 0) {
             if (errno == EINTR) {
@@ -331,35 +383,10 @@ static void conn_read(tcp_state_t *t, tcp_conn_t *c)
         }
         c->rlen += (size_t)n;
         c->last_ms = time_mono_ms();
-        /* Answer every complete message, in order. */
-        size_t off = 0;
-        snap_read_lock();
-        const snap_t *s = snap_current();
-        while (c->rlen - off >= 2) {
-            size_t ml = rd_u16(c->rbuf + off);
-            if (c->rlen - off < 2 + ml) {
-                break;
-            }
-            size_t rl = s ? dns_answer_client(s, c->rbuf + off + 2, ml, t->resp, sizeof(t->resp),
-                                              true, &c->peer, &t->w->stats)
-                          : 0;
-            DNS_STAT_INC(&t->w->stats, tcp);
-            if (rl) {
-                conn_queue(c, t->resp, rl);
-            }
-            off += 2 + ml;
-        }
-        snap_read_unlock();
-        if (off) {
-            memmove(c->rbuf, c->rbuf + off, c->rlen - off);
-            c->rlen -= off;
-        }
-        if (!conn_flush(t, c)) {
-            return;
-        }
-        if (c->wlen - c->woff >= TCP_WBUF_HIGH) {
-            break;
-        }
+    }
+    if (c->eof && c->wlen == c->woff && !has_complete_msg(c)) {
+        conn_close(t, c); /* all answered and sent; an incomplete tail is dropped */
+        return;
     }
     conn_update_events(t, c);
 }
@@ -424,19 +451,9 @@ static void *tcp_main(void *arg)
                 continue;
             }
             if (evs[i].events & EPOLLOUT) {
-                if (!conn_flush(t, c)) {
-                    continue;
-                }
-                c->last_ms = time_mono_ms();
-                if (!c->reading && c->wlen - c->woff < TCP_WBUF_HIGH) {
-                    conn_read(t, c); /* resume: it may hold complete queries already */
-                    continue;
-                }
-                conn_update_events(t, c);
+                c->last_ms = time_mono_ms(); /* the client is reading: not idle */
             }
-            if (evs[i].events & (EPOLLIN | EPOLLRDHUP)) {
-                conn_read(t, c);
-            }
+            conn_service(t, c);
         }
         uint64_t now = time_mono_ms();
         if (now - last_sweep >= 250) {

@@ -562,7 +562,9 @@ static int load_common(const char *origin, const char *path, const char *text, s
         log_warn("%s: %zu out-of-zone records ignored in all", path, ld.out_of_zone);
     }
     sort_ld = &ld;
-    qsort(ld.recs, ld.n_recs, sizeof(*ld.recs), rec_cmp);
+    if (ld.n_recs > 0) {
+        qsort(ld.recs, ld.n_recs, sizeof(*ld.recs), rec_cmp);
+    }
     sort_ld = NULL;
     /* Owners are at most one per record; ENTs at most (labels) per owner, but a table at
      * twice the record count keeps chains short in practice, and grows below if needed. */
