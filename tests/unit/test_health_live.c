@@ -292,9 +292,20 @@ static uint16_t free_port(void)
 
 /* ---- waiting ---- */
 
+static uint64_t last_tick_ms, max_stall_ms;
+
+/* Wakes the loop so deadlines are checked, and measures how long the loop was kept from
+ * running timers (a stall in a probe path would show here). */
 static void tick(uv_timer_t *t)
 {
-    (void)t; /* wakes the loop so deadlines are checked */
+    (void)t;
+    uint64_t now = time_mono_ms();
+    uint64_t gap = last_tick_ms ? now - last_tick_ms : 0;
+    max_stall_ms = gap > max_stall_ms ? gap : max_stall_ms;
+    if (gap > 50 && getenv("MS_HEALTH_LOG")) {
+        fprintf(stderr, "stall %llu ms\n", (unsigned long long)gap);
+    }
+    last_tick_ms = now;
 }
 
 static bool run_until(bool (*pred)(void *), void *arg, unsigned deadline_ms)
@@ -355,19 +366,19 @@ static bool start_haproxy(const char *bin, uint16_t web_port, uint16_t refused_p
             "    timeout connect 1s\n"
             "    timeout client 5s\n"
             "    timeout server 5s\n"
-            "    timeout check 1s\n"
+            "    timeout check 3s\n"
             "backend web\n"
             "    option httpchk GET /ok\n"
-            "    server w1 127.0.0.1:%u check inter 100ms rise 1 fall 1 maxconn 10\n"
-            "    server w2 127.0.0.1:%u check inter 100ms rise 1 fall 1 maxconn 10\n"
+            "    server w1 127.0.0.1:%u check inter 100ms rise 1 fall 3 maxconn 10\n"
+            "    server w2 127.0.0.1:%u check inter 100ms rise 1 fall 3 maxconn 10\n"
             "backend dbcheck\n"
             "    option httpchk GET /ok\n"
             "    http-check expect string db-eu-1\n"
-            "    server w1 127.0.0.1:%u check inter 100ms rise 1 fall 1\n"
+            "    server w1 127.0.0.1:%u check inter 100ms rise 1 fall 3\n"
             "backend dbdown\n"
             "    option httpchk GET /nokw\n"
             "    http-check expect string db-eu-1\n"
-            "    server w1 127.0.0.1:%u check inter 100ms rise 1 fall 1\n",
+            "    server w1 127.0.0.1:%u check inter 100ms rise 1 fall 3\n",
             tmpdir, stats_port, web_port, refused_port, web_port, web_port);
     if (tls) {
         /* answers by the SNI it got: the probe's host must reach it as SNI */
@@ -815,7 +826,8 @@ int main(void)
     uv_close((uv_handle_t *)&ticker, NULL);
     tap_ok(run_until(loop_idle, NULL, 10000), "every handle closed after health_free");
     TAP_EQ_INT(uv_loop_close(loop), 0, "uv_loop_close");
-    tap_diag("%u requests served", requests);
+    tap_diag("%u requests served; longest loop stall %llu ms", requests,
+             (unsigned long long)max_stall_ms);
 
     conf_free(conf);
     buf_deinit(&y);
