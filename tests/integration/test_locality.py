@@ -145,7 +145,7 @@ def ms_yaml(web, mmdb):
         "    subnets: [10.2.0.0/16, 198.51.100.128/25, \"2001:db8:2::/48\"]\n"
         "    prefer: [us, eu, ap]\n"
         "  - name: asia\n"
-        "    subnets: [10.3.0.0/16]\n"
+        "    subnets: [10.3.0.0/16, 10.1.128.0/17]\n"
         "    prefer: [ap, eu, us]\n"
         "  - name: local\n"
         "    subnets: [127.0.0.0/8]\n"
@@ -240,16 +240,21 @@ def order_of(*sites):
 # (ECS prefix, expected site order, expected scope, what)
 ECS_CASES = [
     # subnet maps
-    ("10.1.0.0/16", ("eu", "ap", "us"), 16, "subnet europe: the matched /16"),
-    ("10.1.2.3/32", ("eu", "ap", "us"), 16, "subnet europe, /32 source: scope 16"),
+    ("10.1.0.0/16", ("eu", "ap", "us"), 17,
+     "subnet europe /16, with asia's /17 below it: scope 17 (the deepest entry below)"),
+    ("10.1.2.3/32", ("eu", "ap", "us"), 17,
+     "subnet europe, outside asia's 10.1.128/17: scope 17 (a /16 would cover the /17)"),
+    ("10.1.200.0/24", ("ap", "eu", "us"), 17, "nested: asia /17 inside europe /16"),
+    ("10.4.0.0/16", ("eu", "us", "ap"), 14,
+     "no region, leaves the subnet trie after bit 13: scope 14 (a /13 would cover 10.1/16)"),
     ("10.2.3.0/24", ("us", "eu", "ap"), 16, "subnet america: scope 16"),
     ("10.3.0.0/16", ("ap", "eu", "us"), 16, "subnet asia"),
     ("2001:db8:1::/48", ("eu", "ap", "us"), 48, "v6 subnet europe /48"),
     ("2001:db8:2:abcd::/64", ("us", "eu", "ap"), 48, "v6 subnet america, /64 source"),
     ("198.51.100.128/25", ("us", "eu", "ap"), 25,
      "subnet map beats GeoIP (america /25 inside the DE /24)"),
-    ("10.0.0.0/8", ("eu", "us", "ap"), 16,
-     "source /8 above the /16 entries: no region, scope 16 (the deepest below)"),
+    ("10.0.0.0/8", ("eu", "us", "ap"), 17,
+     "source /8 above the /16 and /17 entries: no region, scope 17 (the deepest below)"),
     # GeoIP
     ("198.51.100.0/25", ("eu", "ap", "us"), 25, "GeoIP DE -> europe (country code)"),
     ("198.51.100.0/24", ("eu", "ap", "us"), 25,
