@@ -250,6 +250,9 @@ static int refresh(msc_t *m, entry_t *e, uint64_t now)
         snprintf(m->err, sizeof(m->err), "resolve %s: %s", e->name, why);
         return rc;
     }
+    if (fresh.ttl != UINT32_MAX && fresh.ttl > m->max_ttl_s) {
+        fresh.ttl = m->max_ttl_s; /* a long TTL would pin clients to an old order */
+    }
     e->list = fresh;
     e->cursor = 0;
     e->generation = ++m->generation;
