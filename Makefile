@@ -104,10 +104,12 @@ format:
 format-check:
 	clang-format --dry-run --Werror $(FORMAT_FILES)
 
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 check: deps
 	$(MAKE) format-check
-	$(MAKE) WERROR=1 tests-bin
+	$(MAKE) -j$(JOBS) WERROR=1 tests-bin
 	$(MAKE) WERROR=1 unit-test fuzz-replay
+	$(MAKE) -j$(JOBS) BUILD=build-asan SANITIZE=address,undefined WERROR=1 O=1 tests-bin
 	$(MAKE) BUILD=build-asan SANITIZE=address,undefined WERROR=1 O=1 unit-test fuzz-replay
 	$(MAKE) WERROR=1 integration
 	$(MAKE) BUILD=build-asan SANITIZE=address,undefined WERROR=1 O=1 integration-asan
