@@ -20,6 +20,7 @@
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define HB_TX_PER_INTERVAL 3
 #define HB_RXBUF           512 /* > HB_MAX_LEN: larger datagrams are flagged UV_UDP_PARTIAL */
@@ -468,18 +469,17 @@ static void h_u32(crypto_generichash_state *st, uint32_t v)
     crypto_generichash_update(st, b, 4);
 }
 
-static const conf_t *sort_conf; /* qsort has no context argument */
-
-static int cmp_site(const void *a, const void *b)
+/* qsort_r (glibc) comparators: the context is the conf, so any thread may digest. */
+static int cmp_site(const void *a, const void *b, void *ctx)
 {
-    return strcmp(sort_conf->sites[*(const size_t *)a].name,
-                  sort_conf->sites[*(const size_t *)b].name);
+    const conf_t *c = ctx;
+    return strcmp(c->sites[*(const size_t *)a].name, c->sites[*(const size_t *)b].name);
 }
 
-static int cmp_name(const void *a, const void *b)
+static int cmp_name(const void *a, const void *b, void *ctx)
 {
-    return strcasecmp(sort_conf->names[*(const size_t *)a].name,
-                      sort_conf->names[*(const size_t *)b].name);
+    const conf_t *c = ctx;
+    return strcasecmp(c->names[*(const size_t *)a].name, c->names[*(const size_t *)b].name);
 }
 
 /* Sites and names are hashed in sorted order: reordering the sections of the file is not a
@@ -490,11 +490,10 @@ void hb_conf_digest(const conf_t *conf, uint8_t out[HB_DIGEST_LEN])
     crypto_generichash_init(&st, (const uint8_t *)"multisite conf digest v1", 24, HB_DIGEST_LEN);
     size_t n = conf->n_sites > conf->n_names ? conf->n_sites : conf->n_names;
     size_t *ord = xcalloc(n ? n : 1, sizeof(*ord));
-    sort_conf = conf;
     for (size_t i = 0; i < conf->n_sites; i++) {
         ord[i] = i;
     }
-    qsort(ord, conf->n_sites, sizeof(*ord), cmp_site);
+    qsort_r(ord, conf->n_sites, sizeof(*ord), cmp_site, (void *)conf);
     h_u32(&st, (uint32_t)conf->n_sites);
     for (size_t k = 0; k < conf->n_sites; k++) {
         const conf_site_t *s = &conf->sites[ord[k]];
@@ -512,7 +511,7 @@ void hb_conf_digest(const conf_t *conf, uint8_t out[HB_DIGEST_LEN])
     for (size_t i = 0; i < conf->n_names; i++) {
         ord[i] = i;
     }
-    qsort(ord, conf->n_names, sizeof(*ord), cmp_name);
+    qsort_r(ord, conf->n_names, sizeof(*ord), cmp_name, (void *)conf);
     h_u32(&st, (uint32_t)conf->n_names);
     for (size_t k = 0; k < conf->n_names; k++) {
         const conf_name_t *nm = &conf->names[ord[k]];
@@ -536,7 +535,6 @@ void hb_conf_digest(const conf_t *conf, uint8_t out[HB_DIGEST_LEN])
         h_u32(&st, nm->fallback);
         h_u32(&st, nm->partition);
     }
-    sort_conf = NULL;
     free(ord);
     crypto_generichash_final(&st, out, HB_DIGEST_LEN);
 }
