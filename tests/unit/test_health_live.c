@@ -14,6 +14,9 @@
 #include "tap.h"
 #include "health/internal.h"
 
+#include <libgen.h>
+#include <sqlite3.h>
+
 #include <signal.h>
 #include <fcntl.h>
 #include <sys/prctl.h>
@@ -657,8 +660,121 @@ static bool loop_idle(void *arg)
     return !uv_loop_alive(loop);
 }
 
-int main(void)
+/* ---- phase 5: the demo web app (ours, build/multisite-webapp) on SQLite ---- */
+
+static int set_identity(const char *db, const char *name)
 {
+    sqlite3 *d = NULL;
+    char *sql = xasprintf("UPDATE site_identity SET v = '%s' WHERE k = 'name'", name);
+    int rc = sqlite3_open(db, &d);
+    if (rc == SQLITE_OK) {
+        sqlite3_busy_timeout(d, 5000);
+        rc = sqlite3_exec(d, sql, NULL, NULL, NULL);
+    }
+    sqlite3_close(d);
+    free(sql);
+    return rc;
+}
+
+static pid_t spawn_webapp(const char *bin, const char *db, uint16_t port, bool init)
+{
+    char listen[32], spec[512];
+    snprintf(listen, sizeof(listen), "127.0.0.1:%u", port);
+    snprintf(spec, sizeof(spec), "sqlite:%s", db);
+    char *log = xasprintf("%s/webapp.log", tmpdir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        if (init) {
+            execl(bin, bin, "--listen", listen, "--db", spec, "--name", "web1", "--site", "eu",
+                  "--db-identity", "db-eu-1", "--init", (char *)NULL);
+        } else {
+            execl(bin, bin, "--listen", listen, "--db", spec, "--name", "web1", "--site", "eu",
+                  (char *)NULL);
+        }
+        _exit(127);
+    }
+    free(log);
+    return pid;
+}
+
+static void test_webapp(const char *argv0)
+{
+    char *dir = xstrdup(argv0);
+    char *bin = xasprintf("%s/../multisite-webapp", dirname(dir));
+    free(dir);
+    if (access(bin, X_OK) != 0) {
+        tap_ok(true, "# SKIP webapp: %s not built", bin);
+        free(bin);
+        return;
+    }
+    char *db = xasprintf("%s/webapp.sqlite", tmpdir);
+    uint16_t port = free_port();
+    int st = 0;
+    pid_t pid = spawn_webapp(bin, db, port, true);
+    tap_ok(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+           "webapp --init");
+    pid = spawn_webapp(bin, db, port, false);
+    char *yaml = xasprintf(
+        "server:\n  log-level: error\nsites:\n  - name: eu\n    addresses: 192.0.2.1\n"
+        "    web-servers:\n      - name: web1\n        address: 127.0.0.1:%u\n"
+        "    web-check:\n      path: /health\n      expect: ok web1\n      interval: 300ms\n"
+        "      timeout: 2s\n"
+        "    database:\n      name: db-eu-1\n      url: http://127.0.0.1:%u/db\n"
+        "      interval: 300ms\n      timeout: 2s\n",
+        port, port);
+    char *path = xasprintf("%s/webapp.yaml", tmpdir);
+    FILE *f = fopen(path, "w");
+    fputs(yaml, f);
+    fclose(f);
+    conf_t *conf = NULL;
+    conf_err_t err;
+    health_t *h = NULL;
+    if (conf_load(path, &conf, &err) != 0 || health_new(loop, conf, NULL, NULL, NULL, &h) != 0) {
+        tap_ok(false, "webapp config: %s", err.msg);
+        goto out;
+    }
+    want_t w = {
+        .h = h, .idx = 0, .state = HEALTH_UP, .reason = "1/1 web servers answer; db page ok"};
+    bool ok = run_until(one_matches, &w, 15000);
+    tap_ok(ok, "webapp: site UP: %s", health_site(h, 0)->reason);
+    tap_ok(set_identity(db, "db-other") == SQLITE_OK, "webapp: database identity changed");
+    w.state = HEALTH_DOWN;
+    w.reason = "1/1 web servers answer; db page lacks \"db-eu-1\"";
+    ok = run_until(one_matches, &w, 15000);
+    tap_ok(ok, "webapp: keyword gone: %s", health_site(h, 0)->reason);
+    tap_ok(set_identity(db, "db-eu-1") == SQLITE_OK, "webapp: database identity restored");
+    w.state = HEALTH_UP;
+    w.reason = "1/1 web servers answer; db page ok";
+    tap_ok(run_until(one_matches, &w, 15000), "webapp: UP again");
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    pid = -1;
+    w.state = HEALTH_DOWN;
+    w.reason = "0/1 web servers answer (web1: connection refused); db page: connection refused";
+    ok = run_until(one_matches, &w, 15000);
+    tap_ok(ok, "webapp killed: %s", health_site(h, 0)->reason);
+out:
+    if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+    health_free(h);
+    conf_free(conf);
+    free(path);
+    free(yaml);
+    free(db);
+    free(bin);
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
     log_init("test_health_live", false, getenv("MS_HEALTH_LOG") ? LOG_LVL_DEBUG : LOG_LVL_ERR);
     signal(SIGPIPE, SIG_IGN);
     loop = uv_default_loop();
@@ -813,6 +929,8 @@ int main(void)
         tap_diag("lb-unix: %s", health_site(h, wl.idx)->reason);
         tap_diag("lb-tcp: %s", health_site(h, wl2.idx)->reason);
     }
+
+    test_webapp(argv[0]);
 
     /* teardown: nothing may be left on the loop */
     health_free(h);
