@@ -288,3 +288,120 @@ class Net:
         self.created = []
         sh("rm", "-rf", self.dir, check=False)
         return bad
+
+
+# ---- end to end: multisited in the namespaces (bench/heartbeat.sh, answers section) ----
+
+MULTISITED = os.path.join(BUILD, "multisited")
+
+TCP_LISTENER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(128)
+while True:
+    c, _ = s.accept()
+    c.close()
+"""
+
+# Asks `server` for `name` A every 10 ms; prints "t=MONO_MS ip,ip" whenever the set changes.
+DNS_WATCH = """
+import sys, time
+import dns.message, dns.query
+server, name = sys.argv[1], sys.argv[2]
+q = dns.message.make_query(name, "A")
+last = None
+while True:
+    try:
+        r = dns.query.udp(q, server, port=53, timeout=0.2)
+        ips = ",".join(sorted(rr.address for rrset in r.answer for rr in rrset
+                              if rrset.rdtype == 1)) or "-"
+    except Exception:
+        ips = "error"
+    if ips != last:
+        print(f"t={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000000} {ips}", flush=True)
+        last = ips
+    time.sleep(0.01)
+"""
+
+
+class Proc:
+    """A process in a node's namespace, output to a log file, stopped by its pid."""
+
+    def __init__(self, net, node, argv, log, stdout=None):
+        self.log_path = log
+        self._log = open(log, "ab")
+        self.p = subprocess.Popen(["ip", "netns", "exec", net.ns(node)] + argv,
+                                  stdout=stdout or self._log, stderr=self._log,
+                                  stdin=subprocess.DEVNULL, text=stdout is not None)
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self._log.close()
+        return self.p.returncode
+
+    def log(self, n=40):
+        with open(self.log_path, "rb") as f:
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-n:])
+
+
+class DnsWatch(Proc):
+    """DNS_WATCH in a namespace; answers() is the latest set, changes the (t, set) history."""
+
+    def __init__(self, net, node, server, name):
+        super().__init__(net, node, ["/usr/bin/python3", "-c", DNS_WATCH, server, name],
+                         os.path.join(net.dir, f"watch-{node}.log"), stdout=subprocess.PIPE)
+        self.lock = threading.Lock()
+        self.changes = []
+        threading.Thread(target=self._reader, daemon=True).start()
+
+    def _reader(self):
+        for line in self.p.stdout:
+            t, ips = line.split()
+            with self.lock:
+                self.changes.append((int(t[2:]), set(ips.split(","))))
+
+    def answers(self):
+        with self.lock:
+            return self.changes[-1][1] if self.changes else None
+
+    def first_since(self, t_ms, pred):
+        with self.lock:
+            for t, ips in self.changes:
+                if t >= t_ms and pred(ips):
+                    return t
+        return None
+
+
+def ms_conf(net, me, site_nodes):
+    """A multisited config for node `me`; site_nodes: {site: node}, one multisited per site,
+    each site's web tier a TCP listener at the node's address, port 8080."""
+    zone = os.path.join(net.dir, "example.com.zone")
+    with open(zone, "w") as f:
+        f.write("$ORIGIN example.com.\n$TTL 300\n@ SOA ns1 h 1 7200 3600 1209600 300\n"
+                "@ NS ns1\nns1 A 192.0.2.53\n")
+    out = ["server:", f"  listen: [\"{net.addr(me)}:53\"]", "zones:",
+           "  - origin: example.com", f"    file: {zone}", "sites:"]
+    for k, (site, node) in enumerate(site_nodes.items()):
+        out += [f"  - name: {site}", f"    addresses: [192.0.2.{10 + k}]",
+                f"    web-servers: [\"{net.addr(node)}:8080\"]",
+                "    web-check: {type: tcp, interval: 300ms, timeout: 250ms}",
+                f"    heartbeat-peers: [\"{net.addr(node)}:{HB_PORT}\"]"]
+    me_site = [s for s, n in site_nodes.items() if n == me][0]
+    out += ["names:", "  - name: app.example.com", f"    sites: [{', '.join(site_nodes)}]",
+            "heartbeat:", f"  self: {me_site}", f"  id: ms-{me}",
+            f"  listen: \"{net.addr(me)}:{HB_PORT}\"", f"  key-file: {net.key}"]
+    path = os.path.join(net.dir, f"ms-{me}.yaml")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+    return path

@@ -742,9 +742,8 @@ MALFORMED = [
     ("OPT-bad-rdlen-high-version", _hdr(ar=1) + _Q + b"\x00" +
      struct.pack(">HHIH", 41, 512, 0xCFD41300, 0x91C8) + b"\x00" * 10,
      (DROP,), FORMERR_OR_DROP),
-    ("additional-owner-overruns-odd-class", _hdr(ar=1) + _QN + struct.pack(">HH", 15154,
-                                                                            50122) +
-     b"\x37\x01\x00\x01\x00\x00\x29\x04\xd0\x00\x00", (DROP,), FORMERR_OR_DROP),
+    ("additional-bad-pointer-odd-class", _hdr(ar=1) + _QN + struct.pack(">HH", 59, 0x32C3) +
+     b"\xca\x37\x01\x00\x01\x00\x00\x29\x04\xd0\x00\x00", (DROP,), FORMERR_OR_DROP),
     ("additional-owner-overruns-outside-zones", _hdr(ar=1) + b"\x07example\x03org\x00" +
      struct.pack(">HH", 1, 1) + b"\xd4\x13\x00\x91", (DROP,), FORMERR_OR_DROP),
     ("OPT-option-overruns", _hdr(ar=1) + _Q + b"\x00" + struct.pack(">HHIHHH", 41, 1232, 0,
