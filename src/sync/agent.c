@@ -35,7 +35,7 @@
 #define WINDOW            4
 #define IDLE_HEARTBEAT_MS 1000
 #define DEAD_MS           5000
-#define LAG_SAMPLES       8192
+#define LAG_SAMPLES       131072 /* over 2 min at 1,000 changes/s */
 #define MAX_CONNS         256
 
 enum { ST_CONNECTING, ST_HS, ST_HELLO, ST_READY };
@@ -52,6 +52,7 @@ typedef struct conn {
     size_t out_off;
     peer_t *peer;
     uint64_t last_rx_ms, last_tx_ms;
+    bool dead;
 } conn_t;
 
 struct peer {
@@ -117,8 +118,16 @@ void sync_fault(const char *point)
 
 /* ---- connections ---- */
 
+/* Detach a connection from its peer and mark it dead; it is freed by conn_sweep() at the end
+ * of the loop iteration, because the iteration may still hold pointers to it (a new incoming
+ * stream replaces an old one while both are being served). */
 static void conn_close(agent_t *a, conn_t *k, const char *why)
 {
+    (void)a;
+    if (k->dead) {
+        return;
+    }
+    k->dead = true;
     if (k->peer) {
         if (why) {
             static log_ratelimit_t rl = LOG_RATELIMIT_INIT(20, 10000);
@@ -135,19 +144,25 @@ static void conn_close(agent_t *a, conn_t *k, const char *why)
             k->peer->in = NULL;
         }
     }
-    close(k->fd);
-    sync_chan_free(k->ch);
-    buf_deinit(&k->in);
-    buf_deinit(&k->out);
-    buf_deinit(&k->plain);
-    buf_deinit(&k->msg);
-    for (size_t i = 0; i < a->nconns; i++) {
-        if (a->conns[i] == k) {
-            a->conns[i] = a->conns[--a->nconns];
-            break;
+}
+
+static void conn_sweep(agent_t *a)
+{
+    for (size_t i = 0; i < a->nconns;) {
+        conn_t *k = a->conns[i];
+        if (!k->dead) {
+            i++;
+            continue;
         }
+        close(k->fd);
+        sync_chan_free(k->ch);
+        buf_deinit(&k->in);
+        buf_deinit(&k->out);
+        buf_deinit(&k->plain);
+        buf_deinit(&k->msg);
+        a->conns[i] = a->conns[--a->nconns];
+        free(k);
     }
-    free(k);
 }
 
 static conn_t *conn_new(agent_t *a, int fd, int role)
@@ -342,6 +357,7 @@ static int on_msg(agent_t *a, conn_t *k, const uint8_t *data, size_t len)
             goto out;
         }
         sync_apply_res_t res;
+        uint64_t t0 = time_mono_ns();
         if (a->db->ops->apply(a->db, b, &res) != 0) {
             rc = MS_EDB;
             goto out;
@@ -351,6 +367,8 @@ static int on_msg(agent_t *a, conn_t *k, const uint8_t *data, size_t len)
             rc = MS_EDB;
             goto out;
         }
+        log_debug("applied %zu entries from site %s in %llu us", b->nentries, p->conf->name,
+                  (unsigned long long)((time_mono_ns() - t0) / 1000));
         record_lag(p, b);
         p->batches_applied++;
         p->rows_applied += res.entries_applied;
@@ -419,7 +437,7 @@ static int conn_read(agent_t *a, conn_t *k)
         }
         off = SYNC_HS_LEN;
     }
-    while (rc == 0 && off < k->in.len) {
+    while (rc == 0 && !k->dead && off < k->in.len) {
         size_t used = 0;
         int r = sync_chan_open(k->ch, k->in.data + off, k->in.len - off, &k->plain, &used);
         if (r == 0) {
@@ -500,20 +518,23 @@ static void pump(agent_t *a, peer_t *p)
         size_t n = 0;
         uint64_t hi = p->sent;
         buf_reset(&k->msg);
+        uint64_t t0 = time_mono_ns();
         if (a->db->ops->read(a->db, p->sent, a->c->batch_rows, &k->msg, &n, &hi) != 0) {
             log_warn("reading changes for site %s failed", p->conf->name);
             return;
         }
-        if (n == 0) {
+        if (n == 0 && hi == p->sent) {
             p->more = false;
             return;
         }
         send_msg(k);
+        log_debug("read %zu entries for site %s in %llu us", n, p->conf->name,
+                  (unsigned long long)((time_mono_ns() - t0) / 1000));
         p->sent = hi;
         p->inflight++;
         p->batches_sent++;
         p->rows_sent += n;
-        p->more = n >= a->c->batch_rows;
+        p->more = n > 0; /* cut by rows or bytes: look again at once */
     }
 }
 
@@ -691,6 +712,9 @@ static void loop_once(agent_t *a)
     for (size_t i = 0; i < nk; i++) {
         conn_t *k = pk[i];
         short re = pf[i + 2].revents;
+        if (k->dead) {
+            continue;
+        }
         int rc = 0;
         const char *why = NULL;
         if (k->state == ST_CONNECTING && (re & (POLLOUT | POLLERR | POLLHUP))) {
@@ -735,7 +759,7 @@ static void loop_once(agent_t *a)
         }
         pump(a, p);
         if (p->out && p->out->out.len > p->out->out_off && conn_write(p->out) != 0) {
-            conn_close(a, p->out, "write failed");
+            conn_close(a, p->out, p->out->state == ST_CONNECTING ? NULL : "write failed");
         }
     }
     if (now >= a->next_retry_ms) {
@@ -746,6 +770,7 @@ static void loop_once(agent_t *a)
         }
         a->next_retry_ms = now + 1000;
     }
+    conn_sweep(a);
 }
 
 int sync_db_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen)
@@ -821,9 +846,10 @@ int sync_cmd_run(const sync_conf_t *c)
     log_info("stopping");
     rc = 0;
 out:
-    while (a->nconns) {
-        conn_close(a, a->conns[0], NULL);
+    for (size_t i = 0; i < a->nconns; i++) {
+        conn_close(a, a->conns[i], NULL);
     }
+    conn_sweep(a);
     if (a->lfd >= 0) {
         close(a->lfd);
     }

@@ -35,7 +35,7 @@ typedef struct {
     char **cols; /* npk pk names (pk order), then value columns sorted by name */
     sync_wtable_t w;
     uint8_t fp[16];
-    sqlite3_stmt *read, *clk_get, *clk_put, *row_get, *row_del;
+    sqlite3_stmt *read, *clk_get, *clk_put, *clk_upd, *row_get, *row_del;
 } sq_table_t;
 
 typedef struct {
@@ -108,6 +108,7 @@ static void table_free(sq_table_t *t)
     sqlite3_finalize(t->read);
     sqlite3_finalize(t->clk_get);
     sqlite3_finalize(t->clk_put);
+    sqlite3_finalize(t->clk_upd);
     sqlite3_finalize(t->row_get);
     sqlite3_finalize(t->row_del);
     memset(t, 0, sizeof(*t));
@@ -526,6 +527,19 @@ static int prepare_table(sq_db_t *s, sq_table_t *t)
     }
     buf_printf(&b, ")");
     t->clk_put = prep(s, cstr(&b));
+    /* Same parameter numbers as clk_put; an existing row keeps its seq, mask and bases, and
+     * the seq index is not touched. */
+    buf_reset(&b);
+    buf_printf(&b, "UPDATE \"rep_c_%s\" SET cl = ?%u, clh = ?%u, cls = ?%u", t->name, t->npk + 3,
+               t->npk + 4, t->npk + 5);
+    for (unsigned c = 0; c < t->ncols; c++) {
+        const char *n = t->cols[t->npk + c];
+        buf_printf(&b, ", \"v_%s\" = ?%u, \"s_%s\" = ?%u", n, t->npk + 6 + 4 * c, n,
+                   t->npk + 7 + 4 * c);
+    }
+    buf_printf(&b, " WHERE ");
+    pk_where(&b, t, "", NULL);
+    t->clk_upd = prep(s, cstr(&b));
     buf_reset(&b);
     buf_printf(&b, "SELECT ");
     for (unsigned c = t->npk; c < t->npk + t->ncols; c++) {
@@ -542,7 +556,8 @@ static int prepare_table(sq_db_t *s, sq_table_t *t)
     pk_where(&b, t, "", NULL);
     t->row_del = prep(s, cstr(&b));
     buf_deinit(&b);
-    return t->read && t->clk_get && t->clk_put && t->row_get && t->row_del ? 0 : MS_EDB;
+    return t->read && t->clk_get && t->clk_put && t->clk_upd && t->row_get && t->row_del ? 0
+                                                                                         : MS_EDB;
 }
 
 static int prepare_common(sq_db_t *s)
@@ -996,7 +1011,7 @@ static int clock_get(sq_table_t *t, const sync_val_t *pk, clock_t_ *ck)
 
 static int clock_put(sq_table_t *t, const sync_val_t *pk, const clock_t_ *ck)
 {
-    sqlite3_stmt *st = t->clk_put;
+    sqlite3_stmt *st = ck->found ? t->clk_upd : t->clk_put;
     sqlite3_reset(st);
     for (unsigned k = 0; k < t->npk; k++) {
         bind_val(st, (int)k + 1, &pk[k]);
@@ -1568,8 +1583,9 @@ int sync_sqlite_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t wh
     s->base.ops = &sq_ops;
     s->base.conf = c;
     s->data_version = -1;
-    if (sqlite3_open_v2(c->database, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
-        SQLITE_OK) {
+    if (sqlite3_open_v2(c->database, &s->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
         snprintf(why, whylen, "cannot open %s: %s", c->database,
                  s->db ? sqlite3_errmsg(s->db) : "out of memory");
         sq_close(&s->base);
@@ -1578,8 +1594,8 @@ int sync_sqlite_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t wh
     sqlite3_busy_timeout(s->db, 5000);
     /* WAL lets the applications read while the agent applies; NORMAL is durable across
      * application crashes and loses at most the last commits on power loss, like theirs. */
-    if (exec(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON") !=
-        0) {
+    if (exec(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
+                "PRAGMA cache_size=-65536; PRAGMA mmap_size=1073741824") != 0) {
         snprintf(why, whylen, "cannot set WAL mode on %s", c->database);
         sq_close(&s->base);
         return MS_EDB;
