@@ -131,8 +131,12 @@ void ht_done(ht_target_t *t, ht_result_t *r)
         changed = hv_record(&t->v, r->ok, r->refused, r->reason, now, &reprobe);
     }
     if (changed) {
-        log_info("site %s: %s %s %s%s%s", s->name, t->kind == HT_WEB ? "web server" : "check",
-                 t->name, health_state_str(t->v.state), r->ok ? "" : ": ", r->ok ? "" : r->reason);
+        /* A flapping server (rise/fall 1, short interval) must not flood the log; the site
+         * transitions below are logged every time (hysteresis and the config bound them). */
+        static log_ratelimit_t rl = LOG_RATELIMIT_INIT(30, 10000);
+        log_rl(&rl, LOG_LVL_INFO, "site %s: %s %s %s%s%s", s->name,
+               t->kind == HT_WEB ? "web server" : "check", t->name, health_state_str(t->v.state),
+               r->ok ? "" : ": ", r->ok ? "" : r->reason);
     } else if (!r->ok) {
         log_debug("site %s: %s probe failed: %s", s->name, t->name, r->reason);
     }
