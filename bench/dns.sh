@@ -339,7 +339,14 @@ for r in $(seq "$ROUNDS"); do
         lat_us=$(awk -v l="$lat" 'BEGIN { printf "%.1f", l * 1e6 }')
         printf 'round %d %-6s qps %10.0f  latency %7s us  cpu %6s us/query  (%s done, %s lost)\n' \
             "$r" "$s" "$qps" "$lat_us" "$cpu_us" "$done_q" "$lost"
-        echo "$s $qps $lat_us $cpu_us" >>"$RESULTS"
+        # The answers must be the same kind everywhere, or the figures compare nothing:
+        # record the share of NOERROR and the average reply size too.
+        noerr=$(awk '/Response codes:/ { for (i = 1; i < NF; i++) if ($i == "NOERROR") {
+            gsub(/[(%),]/, "", $(i + 2)); print $(i + 2) } }' "$out")
+        rsize=$(awk '/Average packet size:/ { print $NF }' "$out")
+        grep -q 'Response codes:.*\(SERVFAIL\|REFUSED\|FORMERR\|NOTIMP\)' "$out" &&
+            die "$s gave error rcodes: $(grep 'Response codes' "$out")"
+        echo "$s $qps $lat_us $cpu_us ${noerr:-0} ${rsize:-0}" >>"$RESULTS"
     done
 done
 
@@ -371,15 +378,22 @@ import statistics, sys
 path, rss_ours, rss_knot, nrec, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \
     int(sys.argv[4]), int(sys.argv[5])
 runs = {}
+shares = {}
 for line in open(path):
-    s, qps, lat, cpu = line.split()
+    s, qps, lat, cpu, noerr, rsize = line.split()
     runs.setdefault(s, []).append((float(qps), float(lat), float(cpu)))
+    shares.setdefault(s, []).append((float(noerr), float(rsize)))
 med = {s: tuple(statistics.median(x[i] for x in v) for i in range(3)) for s, v in runs.items()}
 print(f"== median of {rounds} round(s)")
 print(f"{'server':8} {'qps':>10} {'latency_us':>11} {'cpu_us/query':>13}")
 for s, (q, l, c) in med.items():
     print(f"{s:8} {q:10.0f} {l:11.1f} {c:13.2f}")
 fail = []
+for s, v in shares.items():
+    if "ours" in shares and abs(v[0][0] - shares["ours"][0][0]) > 0.5:
+        fail.append(f"NOERROR share differs: ours {shares['ours'][0][0]}%, {s} {v[0][0]}%")
+print("answers: " + ", ".join(f"{s} {v[0][0]:.2f}% NOERROR, {v[0][1]:.0f} B avg reply"
+                              for s, v in shares.items()))
 if "ours" in med:
     o = med["ours"]
     for s, m in med.items():
