@@ -557,6 +557,18 @@ CASES = [
     C("opcode-UPDATE", "example.com", "SOA", opcode=dns.opcode.UPDATE,
       allow=["notimp"], ours_rcode=NOTIMP),
 
+    # --- OPT in every reply to an EDNS query (RFC 6891 sec. 6.1.1), errors included.
+    C("EDNS-opcode-STATUS", "example.com", "SOA", opcode=dns.opcode.STATUS, edns=0,
+      expect={"rcode": NOTIMP}),
+    C("EDNS-opcode-NOTIFY", "example.com", "SOA", opcode=dns.opcode.NOTIFY, edns=0,
+      allow=["notimp"], ours_rcode=NOTIMP),
+    C("EDNS-qclass-CH-REFUSED", "example.com", "A", "CH", edns=0, allow=["ede"]),
+    C("EDNS-chaos-unknown-REFUSED", "foo.bind", "TXT", "CH", edns=0, allow=["ede"]),
+    C("EDNS-AXFR-TCP", "example.com", "AXFR", tcp=True, edns=0, allow=["refused-xfr", "ede"],
+      ours_rcode=REFUSED),
+    C("EDNS-AXFR-UDP", "example.com", "AXFR", edns=0, allow=["refused-xfr", "ede"],
+      ours_rcode=REFUSED),
+
     # --- Zone transfers: refused.
     C("AXFR-TCP", "example.com", "AXFR", tcp=True, allow=["refused-xfr"],
       ours_rcode=REFUSED, expect={"answer": 0}),
