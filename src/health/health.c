@@ -90,7 +90,7 @@ static void site_eval(const ht_site_t *s, health_site_t *out)
 }
 
 /* Re-evaluate a site; log a transition; notify when anything a snapshot shows changed. */
-static void site_update(health_t *h, ht_site_t *s, bool log_initial)
+static void site_update(health_t *h, ht_site_t *s)
 {
     health_site_t nw = s->out;
     site_eval(s, &nw);
@@ -99,7 +99,7 @@ static void site_update(health_t *h, ht_site_t *s, bool log_initial)
         nw.since_ms = time_wall_ms();
         nw.transitions++;
     }
-    if (moved && (log_initial || s->out.state != HEALTH_UNKNOWN || nw.state != HEALTH_UNKNOWN)) {
+    if (moved) {
         log_info("site %s %s: %s", s->name, health_state_str(nw.state), nw.reason);
     }
     double dl = nw.load - s->out.load;
@@ -144,7 +144,7 @@ void ht_done(ht_target_t *t, ht_result_t *r)
         /* response time: web servers' probes, or the db page when there are none */
         s->out.rtt_ms = s->out.rtt_ms < 0 ? rtt : 0.7 * s->out.rtt_ms + 0.3 * rtt;
     }
-    site_update(h, s, true);
+    site_update(h, s);
     if (h->closing) {
         return;
     }
@@ -355,7 +355,7 @@ int health_new(uv_loop_t *loop, const conf_t *conf, const health_t *prev, health
             s->web_in[k].v = &s->web[k]->v;
         }
         if (s->out.probed) {
-            site_update(h, s, false);
+            site_update(h, s);
         }
     }
     for (size_t i = 0; i < h->n_targets; i++) {
