@@ -2,6 +2,7 @@
  * threads, and the control-plane event loop (signals now; probes and heartbeats later). */
 #include "dns/dns.h"
 #include "cluster/cluster.h"
+#include "ctl/ctl.h"
 #include "heartbeat/heartbeat.h"
 
 #include <getopt.h>
@@ -22,12 +23,14 @@ typedef struct {
     int udp_threads, tcp_threads;
     const char *identity, *nsid, *chaos_version;
     const char *log_level;
+    const char *control_socket;
 } args_t;
 
 static args_t args;
 static uv_loop_t *loop;
 static dns_server_t *server;
 static cluster_t *cluster;
+static ctl_server_t *ctl;
 
 static void usage(FILE *f)
 {
@@ -35,6 +38,7 @@ static void usage(FILE *f)
                "       multisited --zone ORIGIN=FILE [--zone ...] --listen ADDR:PORT [...]\n"
                "                  [--udp-threads N] [--tcp-threads N] [--identity S]\n"
                "                  [--nsid S] [--version S] [--log-level L]\n"
+               "                  [--control-socket PATH]\n"
                "       multisited keygen [--add] FILE   write a heartbeat key file (0600)\n"
                "       multisited --help-config         list every config option\n"
                "       multisited -V                    print the program version\n");
@@ -97,6 +101,10 @@ static int make_conf(conf_t **out, char *err, size_t errlen)
         free(c->version);
         c->version = xstrdup(args.chaos_version);
     }
+    if (args.control_socket) {
+        free(c->control_socket);
+        c->control_socket = xstrdup(args.control_socket);
+    }
     if (args.log_level) {
         bool found = false;
         for (unsigned i = 0; conf_log_levels[i]; i++) {
@@ -116,39 +124,39 @@ static int make_conf(conf_t **out, char *err, size_t errlen)
     return 0;
 }
 
-static int build_snapshot(snap_t **out)
+static int build_snapshot(snap_t **out, char *err, size_t errlen)
 {
-    char err[1024];
     conf_t *c = NULL;
-    if (make_conf(&c, err, sizeof(err)) != 0) {
+    if (make_conf(&c, err, errlen) != 0) {
         log_err("%s", err);
         return MS_ECONF;
     }
     if (c->n_zones == 0) {
         log_warn("no zones configured: every query will be REFUSED");
     }
-    int rc = snap_build(c, out, err, sizeof(err));
+    int rc = snap_build(c, out, err, errlen);
     if (rc != 0) {
         log_err("%s", err);
     }
     return rc;
 }
 
-static void on_reload(uv_signal_t *h, int signum)
+/* Reload config and zones; all or nothing. Returns 0, or MS_ECONF with the reason in err. */
+static int do_reload(char *err, size_t errlen)
 {
-    (void)h;
-    (void)signum;
-    log_info("SIGHUP: reloading %s", args.conf_path ? args.conf_path : "zones");
+    log_info("reloading %s", args.conf_path ? args.conf_path : "zones");
     snap_t *s = NULL;
-    if (build_snapshot(&s) != 0) {
+    if (build_snapshot(&s, err, errlen) != 0) {
         log_err("reload failed; still serving the previous configuration and zones");
-        return;
+        return MS_ECONF;
     }
     const conf_t *old = snap_current()->conf;
     if (old->listen.n != s->conf->listen.n ||
         memcmp(old->listen.v, s->conf->listen.v, old->listen.n * sizeof(net_addr_t)) != 0 ||
-        old->udp_threads != s->conf->udp_threads || old->tcp_threads != s->conf->tcp_threads) {
-        log_warn("reload: listen addresses and thread counts change only on restart");
+        old->udp_threads != s->conf->udp_threads || old->tcp_threads != s->conf->tcp_threads ||
+        strcmp(old->control_socket, s->conf->control_socket) != 0) {
+        log_warn("reload: listen addresses, thread counts and the control socket change only "
+                 "on restart");
     }
     log_set_level((log_level_t)s->conf->log_level);
     snap_publish(s);
@@ -156,6 +164,32 @@ static void on_reload(uv_signal_t *h, int signum)
         log_err("reload: cannot start the probes or heartbeats of the new configuration");
     }
     log_info("reload done: generation %llu", (unsigned long long)s->generation);
+    return 0;
+}
+
+static void on_reload(uv_signal_t *h, int signum)
+{
+    (void)h;
+    (void)signum;
+    char err[1024];
+    log_info("SIGHUP");
+    (void)do_reload(err, sizeof(err));
+}
+
+static uint16_t on_ctl(void *ud, const ctl_request_t *req, buf_t *out)
+{
+    (void)ud;
+    if (strcmp(req->argv[0], "reload") == 0) {
+        char err[1024] = "";
+        if (do_reload(err, sizeof(err)) != 0) {
+            buf_printf(out, "reload failed, still serving the previous configuration:\n%s\n", err);
+            return CTL_EFAIL;
+        }
+        buf_printf(out, "reloaded: generation %llu\n",
+                   (unsigned long long)snap_current()->generation);
+        return CTL_OK;
+    }
+    return (uint16_t)cluster_ctl(cluster, req->argc, req->argv, out);
 }
 
 static void on_stop(uv_signal_t *h, int signum)
@@ -176,7 +210,8 @@ static int parse_args(int argc, char **argv)
         OPT_NSID,
         OPT_VER,
         OPT_HELPC,
-        OPT_LOG
+        OPT_LOG,
+        OPT_CTL
     };
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
@@ -189,6 +224,7 @@ static int parse_args(int argc, char **argv)
         {"nsid", required_argument, NULL, OPT_NSID},
         {"version", required_argument, NULL, OPT_VER},
         {"log-level", required_argument, NULL, OPT_LOG},
+        {"control-socket", required_argument, NULL, OPT_CTL},
         {"help-config", no_argument, NULL, OPT_HELPC},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -221,6 +257,7 @@ static int parse_args(int argc, char **argv)
         case OPT_NSID: args.nsid = optarg; break;
         case OPT_VER: args.chaos_version = optarg; break;
         case OPT_LOG: args.log_level = optarg; break;
+        case OPT_CTL: args.control_socket = optarg; break;
         case OPT_HELPC: conf_print_schema(stdout); exit(0);
         case 'V': printf("multisited %s\n", MS_VERSION); exit(0);
         case 'h': usage(stdout); exit(0);
@@ -273,7 +310,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     snap_reader_register(); /* the main thread publishes and frees snapshots */
     snap_t *s = NULL;
-    if (build_snapshot(&s) != 0) {
+    char err[1024];
+    if (build_snapshot(&s, err, sizeof(err)) != 0) {
         return 1;
     }
     if (args.check_only) {
@@ -298,6 +336,10 @@ int main(int argc, char **argv)
         snap_shutdown();
         return 1;
     }
+    if (s->conf->control_socket && *s->conf->control_socket &&
+        ctl_server_new(loop, s->conf->control_socket, on_ctl, NULL, &ctl) != 0) {
+        log_warn("running without a control socket (multisitectl will not reach this daemon)");
+    }
     uv_signal_t sig_hup, sig_term, sig_int;
     uv_signal_init(loop, &sig_hup);
     uv_signal_init(loop, &sig_term);
@@ -318,6 +360,8 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
     cluster_free(cluster);
     cluster = NULL;
+    ctl_server_free(ctl);
+    ctl = NULL;
     dns_server_stop(server);
     dns_stats_t st;
     (void)st;

@@ -1,23 +1,8 @@
 /* cluster.c: site availability from probes and heartbeats, and snapshot publishing. */
-#include "cluster.h"
-
-#include "health/health.h"
-#include "heartbeat/heartbeat.h"
+#include "internal.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-#define MAX_SITES 64
-
-struct cluster {
-    uv_loop_t *loop;
-    health_t *health;
-    hb_t *hb;
-    uint8_t hb_digest[HB_DIGEST_LEN]; /* of the config the heartbeats run with */
-    conf_hb_t hb_conf;                /* its settings (pointers not owned: compare only) */
-    net_addr_t *hb_listen;            /* private copy of hb_conf.listen */
-    size_t hb_n_sites;
-};
 
 /* Our own site's verdict, as the heartbeats carry it. */
 static void tell_peers(cluster_t *c, const conf_t *conf)
@@ -27,6 +12,14 @@ static void tell_peers(cluster_t *c, const conf_t *conf)
     }
     const health_site_t *hs = health_site(c->health, conf->hb.self_site);
     hb_self_t self = {hs->state, HB_REASON_OK, hs->load, hs->rtt_ms};
+    const admin_t *a = admin_find(c, conf->sites[conf->hb.self_site].name, false);
+    if (a && a->drain) {
+        /* Tell the others, so every site answers alike: soft = up but last; hard = down. */
+        self.reason = HB_REASON_DRAINED;
+        self.state = a->drain == ADMIN_DRAIN_HARD ? HEALTH_DOWN : hs->state;
+        hb_set_self(c->hb, &self);
+        return;
+    }
     if (hs->state == HEALTH_UNKNOWN) {
         self.reason = HB_REASON_STARTING;
     } else if (hs->state == HEALTH_DOWN) {
@@ -62,54 +55,114 @@ static void log_changes(const snap_t *cur, const snap_t *s)
     }
 }
 
-static void publish(cluster_t *c)
+void cluster_site_view(cluster_t *c, size_t i, site_view_t *v)
 {
+    const conf_t *conf = snap_current()->conf;
+    const conf_site_t *cs = &conf->sites[i];
+    const health_site_t *hs =
+        c->health && i < health_site_count(c->health) ? health_site(c->health, i) : NULL;
+    const hb_site_t *hb = c->hb && i < c->hb_n_sites ? hb_site(c->hb, i) : NULL;
+    v->hs = hs;
+    v->hb = hb;
+    /* UNKNOWN (no result yet) counts as up: a restart must not empty the answers. */
+    bool probe_up = !hs || hs->state != HEALTH_DOWN;
+    bool hb_up = hb && hb->available;
+    v->load = hs ? hs->load : -1;
+    v->rtt_ms = hs ? hs->rtt_ms : -1;
+    switch (cs->monitor) {
+    case CONF_MONITOR_HEARTBEAT:
+        v->up = hb_up;
+        v->load = hb ? hb->load : -1;
+        v->rtt_ms = hb ? hb->rtt_ms : -1;
+        break;
+    case CONF_MONITOR_BOTH:
+        v->up = probe_up || hb_up;
+        if (hb && hb->load >= 0) {
+            v->load = hb->load;
+        }
+        break;
+    default: v->up = probe_up; break;
+    }
+}
+
+static void expire_forces(cluster_t *c)
+{
+    uint64_t now = time_wall_ms();
+    for (size_t i = 0; i < c->n_admin; i++) {
+        admin_t *a = &c->admin[i];
+        if (a->force && a->force_until && now >= a->force_until) {
+            log_info("operator: site %s: forced state expired", a->site);
+            a->force = ADMIN_FORCE_NONE;
+            a->force_until = 0;
+            admin_save(c);
+        }
+    }
+}
+
+void cluster_publish(cluster_t *c, bool force)
+{
+    (void)force;
     const snap_t *cur = snap_current();
     if (!cur || cur->conf->n_sites == 0) {
         return;
     }
+    expire_forces(c);
     const conf_t *conf = cur->conf;
-    bool up[MAX_SITES], safe[MAX_SITES], changing[MAX_SITES];
+    bool up[MAX_SITES], safe[MAX_SITES], changing[MAX_SITES], drained[MAX_SITES];
     double load[MAX_SITES], rtt[MAX_SITES];
     for (size_t i = 0; i < conf->n_sites && i < MAX_SITES; i++) {
         const conf_site_t *cs = &conf->sites[i];
-        const health_site_t *hs =
-            c->health && i < health_site_count(c->health) ? health_site(c->health, i) : NULL;
-        const hb_site_t *hb = c->hb && i < c->hb_n_sites ? hb_site(c->hb, i) : NULL;
-        /* UNKNOWN (no result yet) counts as up: a restart must not empty the answers. */
-        bool probe_up = !hs || hs->state != HEALTH_DOWN;
-        bool hb_up = hb && hb->available;
-        load[i] = hs ? hs->load : -1;
-        rtt[i] = hs ? hs->rtt_ms : -1;
-        changing[i] = hs && hs->changing;
-        switch (cs->monitor) {
-        case CONF_MONITOR_HEARTBEAT:
-            up[i] = safe[i] = hb_up;
-            load[i] = hb ? hb->load : -1;
-            rtt[i] = hb ? hb->rtt_ms : -1;
-            changing[i] = false;
-            break;
-        case CONF_MONITOR_BOTH:
-            up[i] = probe_up || hb_up;
-            safe[i] = probe_up && hb_up;
-            if (hb && hb->load >= 0) {
-                load[i] = hb->load;
+        site_view_t v;
+        cluster_site_view(c, i, &v);
+        bool probe_up = !v.hs || v.hs->state != HEALTH_DOWN;
+        bool hb_up = v.hb && v.hb->available;
+        up[i] = v.up;
+        safe[i] = cs->monitor == CONF_MONITOR_BOTH ? probe_up && hb_up : v.up;
+        load[i] = v.load;
+        rtt[i] = v.rtt_ms;
+        changing[i] = cs->monitor != CONF_MONITOR_HEARTBEAT && v.hs && v.hs->changing;
+        /* A remote site that reports itself drained (soft) goes last here too. */
+        drained[i] = v.hb && v.hb->reason == HB_REASON_DRAINED && v.hb->available;
+        if (cs->monitor == CONF_MONITOR_BOTH && probe_up != hb_up) {
+            static log_ratelimit_t rl = LOG_RATELIMIT_INIT(4, 10000);
+            log_rl(&rl, LOG_LVL_WARN,
+                   "site %s: signals disagree: probes say %s, heartbeats say %s (partition?)",
+                   cs->name, probe_up ? "up" : "down", hb_up ? "up" : "down");
+        }
+        const admin_t *a = admin_find(c, cs->name, false);
+        if (a) {
+            if (a->force) {
+                up[i] = safe[i] = a->force == ADMIN_FORCE_UP;
+                changing[i] = false;
             }
-            if (probe_up != hb_up) {
-                static log_ratelimit_t rl = LOG_RATELIMIT_INIT(4, 10000);
-                log_rl(&rl, LOG_LVL_WARN,
-                       "site %s: signals disagree: probes say %s, heartbeats say %s "
-                       "(partition?)",
-                       cs->name, probe_up ? "up" : "down", hb_up ? "up" : "down");
+            if (a->drain == ADMIN_DRAIN_HARD) {
+                up[i] = safe[i] = false;
+            } else if (a->drain == ADMIN_DRAIN_SOFT) {
+                drained[i] = true;
             }
-            break;
-        default: up[i] = safe[i] = probe_up; break;
         }
     }
-    snap_state_t st = {up, load, rtt, changing, safe};
+    snap_state_t st = {up, load, rtt, changing, safe, drained};
     snap_t *s = snap_derive(cur, &st);
     log_changes(cur, s);
     snap_publish(s);
+}
+
+static void publish(cluster_t *c)
+{
+    cluster_publish(c, false);
+}
+
+static void on_expiry_timer(uv_timer_t *t)
+{
+    cluster_t *c = t->data;
+    for (size_t i = 0; i < c->n_admin; i++) {
+        if (c->admin[i].force && c->admin[i].force_until &&
+            time_wall_ms() >= c->admin[i].force_until) {
+            publish(c);
+            return;
+        }
+    }
 }
 
 static void on_health(void *ud)
@@ -178,9 +231,15 @@ int cluster_new(uv_loop_t *loop, cluster_t **out)
 {
     cluster_t *c = xcalloc(1, sizeof(*c));
     c->loop = loop;
+    uv_timer_init(loop, &c->expiry);
+    c->expiry.data = c;
+    uv_timer_start(&c->expiry, on_expiry_timer, 1000, 1000);
     const snap_t *cur = snap_current();
+    if (cur) {
+        admin_load(c, cur->conf->state_file);
+    }
     if (cur && start(c, cur->conf) != 0) {
-        free(c);
+        cluster_free(c);
         return MS_ECONF;
     }
     *out = c;
@@ -193,6 +252,11 @@ int cluster_reload(cluster_t *c)
     return cur ? start(c, cur->conf) : 0;
 }
 
+static void expiry_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
 void cluster_free(cluster_t *c)
 {
     if (!c) {
@@ -201,5 +265,5 @@ void cluster_free(cluster_t *c)
     health_free(c->health);
     hb_free(c->hb);
     free(c->hb_listen);
-    free(c);
+    uv_close((uv_handle_t *)&c->expiry, expiry_closed); /* frees c */
 }

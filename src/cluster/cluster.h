@@ -29,4 +29,11 @@ int cluster_reload(cluster_t *c) MS_WUR;
 /* Stop; handles close asynchronously (keep running the loop). Accepts NULL. */
 void cluster_free(cluster_t *c);
 
+/* Operator commands (multisitectl; docs/ctl.md): status [--json], drain SITE [--hard],
+ * undrain SITE, force SITE up|down|clear [--for DURATION], explain NAME CLIENT_IP
+ * [--ecs SUBNET]. Writes the reply text into out; returns a CTL_* status. Drain and force
+ * are persisted in server.state-file (when set) and survive restarts; draining our own site
+ * is carried to the other sites in our heartbeats. */
+unsigned cluster_ctl(cluster_t *c, size_t argc, char *const *argv, buf_t *out);
+
 #endif

@@ -34,6 +34,10 @@ static const conf_opt_t server_schema[] = {
      "largest UDP reply we send to EDNS clients (RFC 6891), also our advertised size"},
     {"log-level", CONF_T_ENUM, offsetof(conf_t, log_level), 0, 0, "info", conf_log_levels,
      "error, warning, info or debug"},
+    {"control-socket", CONF_T_STR, offsetof(conf_t, control_socket), 0, 0, "/run/multisited.sock",
+     NULL, "unix socket multisitectl talks to (owner-only, mode 0600); \"\" disables it"},
+    {"state-file", CONF_T_STR, offsetof(conf_t, state_file), 0, 0, "", NULL,
+     "file that keeps operator state (drain, force) across restarts; \"\" keeps none"},
     {"syslog", CONF_T_BOOL, offsetof(conf_t, log_syslog), 0, 0, "false", NULL,
      "log to syslog instead of stderr"},
 };
@@ -82,6 +86,9 @@ conf_t *conf_new_default(void)
         abort();
     }
     c->identity = default_identity();
+    /* Quick mode serves zones for a person at a terminal: no control socket unless asked. */
+    free(c->control_socket);
+    c->control_socket = xstrdup("");
     free(c->listen.v);
     c->listen.v = NULL;
     c->listen.n = 0;

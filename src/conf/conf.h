@@ -236,6 +236,8 @@ typedef struct conf {
     unsigned udp_max_payload;
     unsigned log_level; /* index into conf_log_levels */
     bool log_syslog;
+    char *control_socket; /* multisitectl's unix socket; "" = none */
+    char *state_file;     /* operator state (drain, force) kept across restarts; "" = none */
     /* zones: */
     conf_zone_t *zones;
     size_t n_zones;

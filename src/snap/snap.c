@@ -202,6 +202,18 @@ static void render_lb(const conf_t *c, snap_lb_t *lb, const snap_state_t *st, ui
     for (unsigned k = 0; k < lb->n_cls; k++) {
         snap_class_t *cl = &lb->cls[k];
         cl->n_order = lb->servfail ? 0 : pol_order(c, nm, ps, k, cl->order);
+        if (st && st->site_drained) {
+            /* Drained sites go last, keeping their relative order (a stable partition). */
+            size_t tmp[64], m = 0;
+            for (int pass = 0; pass < 2; pass++) {
+                for (size_t i = 0; i < cl->n_order; i++) {
+                    if (st->site_drained[cl->order[i]] == (pass == 1)) {
+                        tmp[m++] = cl->order[i];
+                    }
+                }
+            }
+            memcpy(cl->order, tmp, m * sizeof(size_t));
+        }
         cl->set = 0;
         for (size_t i = 0; i < cl->n_order; i++) {
             cl->set |= 1ull << cl->order[i];

@@ -61,6 +61,7 @@ typedef struct {
     const bool *site_changing;
     const bool *site_up_safe; /* availability for names with partition: safety (B3); NULL:
                                * same as site_up */
+    const bool *site_drained; /* soft-drained by an operator: last in every answer */
 } snap_state_t;
 
 typedef struct snap_shared snap_shared_t; /* config + zones, shared between snapshots */
