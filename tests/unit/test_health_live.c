@@ -882,6 +882,25 @@ int main(int argc, char **argv)
     health_free(h);
     h = h2;
 
+    /* Rapid reloads while probes are in flight (HTTP transfers, connects, stats reads): each
+     * old instance is freed with its probes half done. Verdicts must survive all of them. */
+    int failed = 0;
+    for (int i = 0; i < 30; i++) {
+        pause_ms(i % 7);
+        if (health_new(loop, conf, h, on_change, NULL, &h2) != 0) {
+            failed++;
+            continue;
+        }
+        health_free(h);
+        h = h2;
+    }
+    TAP_EQ_INT(failed, 0, "30 rapid reloads: health_new never fails");
+    same = true;
+    for (size_t i = 0; i < MS_ARRAY_LEN(cases); i++) {
+        same &= skip[i] || site_matches(h, i, cases[i].state, cases[i].reason);
+    }
+    tap_ok(same, "30 rapid reloads: verdicts unchanged");
+
     /* phase 3: a web server dies (its listener closes) half a second after a probe. The next
      * probe is ~3.5 s later (interval 4 s); it is refused, re-probed at once, refused again:
      * DOWN (fall 2). Without the re-probe DOWN would take another interval, 7.5 s. */
