@@ -204,8 +204,9 @@ typedef struct {
 } conf_region_t;
 
 typedef struct {
-    char code[8];  /* ISO country code ("DE") or continent code ("EU"), upper case */
-    size_t region; /* index into conf_t.regions */
+    char code[8];   /* ISO country code ("DE") or continent code ("EU"), upper case */
+    bool continent; /* code is a continent code (AF AN AS EU NA OC SA) */
+    size_t region;  /* index into conf_t.regions */
 } conf_geomap_t;
 
 /* heartbeat: this multisited's identity among the sites, and the heartbeat protocol. */

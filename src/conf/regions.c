@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 int conf_parse_prefix(const char *s, conf_prefix_t *out)
 {
@@ -118,17 +119,79 @@ static int load_region(conf_t *c, const conf_node_t *n, conf_err_t *err)
     return 0;
 }
 
+static bool is_continent(const char *code)
+{
+    static const char *const cont[] = {"AF", "AN", "AS", "EU", "NA", "OC", "SA"};
+    for (size_t i = 0; i < MS_ARRAY_LEN(cont); i++) {
+        if (strcasecmp(code, cont[i]) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* One of geoip.regions (continent codes are continents, other codes countries: NA is North
+ * America there, never Namibia), geoip.countries, geoip.continents. */
+static int load_geomap(conf_t *c, const conf_node_t *m, const char *key, int kind, conf_err_t *err)
+{
+    if (!m) {
+        return 0;
+    }
+    if (m->kind != CONF_MAP) {
+        conf_errf(err, m, "geoip.%s: expected a mapping CODE: region", key);
+        return MS_ECONF;
+    }
+    c->geomap = xrealloc(c->geomap, (c->n_geomap + m->n + 1) * sizeof(*c->geomap));
+    for (size_t i = 0; i < m->n; i++) {
+        conf_geomap_t *gm = &c->geomap[c->n_geomap];
+        memset(gm, 0, sizeof(*gm));
+        const char *code = m->keys[i];
+        size_t cl = strlen(code);
+        bool ok = cl == 2 && isalpha((unsigned char)code[0]) && isalpha((unsigned char)code[1]);
+        bool cont = kind == 2 || (kind == 0 && ok && is_continent(code));
+        if (ok && kind == 2 && !is_continent(code)) {
+            ok = false;
+        }
+        const conf_node_t *v = m->items[i];
+        size_t r = c->n_regions;
+        if (ok && v->kind == CONF_SCALAR) {
+            for (r = 0; r < c->n_regions && strcmp(c->regions[r].name, v->value); r++) {
+            }
+        }
+        if (!ok || r == c->n_regions) {
+            conf_errf(err, v,
+                      "geoip.%s: '%s: %s' needs a 2-letter %s code and a region defined under "
+                      "regions:",
+                      key, code, v->kind == CONF_SCALAR ? v->value : "?",
+                      kind == 2   ? "continent (AF AN AS EU NA OC SA)"
+                      : kind == 1 ? "ISO country"
+                                  : "country or continent");
+            return MS_ECONF;
+        }
+        gm->code[0] = (char)toupper((unsigned char)code[0]);
+        gm->code[1] = (char)toupper((unsigned char)code[1]);
+        gm->continent = cont;
+        gm->region = r;
+        c->n_geomap++;
+    }
+    return 0;
+}
+
 static int load_geoip(conf_t *c, const conf_node_t *g, conf_err_t *err)
 {
     if (g->kind != CONF_MAP) {
-        conf_errf(err, g, "geoip: expected a mapping (database, regions)");
+        conf_errf(err, g, "geoip: expected a mapping (database, countries, continents, regions)");
         return MS_ECONF;
     }
     for (size_t i = 0; i < g->n; i++) {
-        if (strcmp(g->keys[i], "database") && strcmp(g->keys[i], "regions")) {
+        if (strcmp(g->keys[i], "database") && strcmp(g->keys[i], "regions") &&
+            strcmp(g->keys[i], "countries") && strcmp(g->keys[i], "continents")) {
             conf_node_t at = *g->items[i];
             at.line = g->key_lines[i];
-            conf_errf(err, &at, "unknown option 'geoip.%s' (known: database, regions)", g->keys[i]);
+            conf_errf(err, &at,
+                      "unknown option 'geoip.%s' (known: database, countries, continents, "
+                      "regions)",
+                      g->keys[i]);
             return MS_ECONF;
         }
     }
@@ -143,41 +206,10 @@ static int load_geoip(conf_t *c, const conf_node_t *g, conf_err_t *err)
     } else {
         c->geoip_db = xstrdup(db->value);
     }
-    const conf_node_t *m = conf_map_get(g, "regions");
-    if (!m) {
-        return 0;
-    }
-    if (m->kind != CONF_MAP) {
-        conf_errf(err, m, "geoip.regions: expected a mapping CODE: region");
+    if (load_geomap(c, conf_map_get(g, "countries"), "countries", 1, err) != 0 ||
+        load_geomap(c, conf_map_get(g, "continents"), "continents", 2, err) != 0 ||
+        load_geomap(c, conf_map_get(g, "regions"), "regions", 0, err) != 0) {
         return MS_ECONF;
-    }
-    c->geomap = xcalloc(m->n ? m->n : 1, sizeof(*c->geomap));
-    for (size_t i = 0; i < m->n; i++) {
-        conf_geomap_t *gm = &c->geomap[c->n_geomap];
-        const char *code = m->keys[i];
-        size_t cl = strlen(code);
-        bool ok = cl == 2;
-        for (size_t k = 0; k < cl && ok; k++) {
-            ok = isalpha((unsigned char)code[k]);
-        }
-        const conf_node_t *v = m->items[i];
-        size_t r = c->n_regions;
-        if (ok && v->kind == CONF_SCALAR) {
-            for (r = 0; r < c->n_regions && strcmp(c->regions[r].name, v->value); r++) {
-            }
-        }
-        if (!ok || r == c->n_regions) {
-            conf_errf(err, v,
-                      "geoip.regions: '%s: %s' needs a 2-letter country or continent "
-                      "code and a region defined under regions:",
-                      code, v->kind == CONF_SCALAR ? v->value : "?");
-            return MS_ECONF;
-        }
-        for (size_t k = 0; k < cl; k++) {
-            gm->code[k] = (char)toupper((unsigned char)code[k]);
-        }
-        gm->region = r;
-        c->n_geomap++;
     }
     return 0;
 }

@@ -94,7 +94,9 @@ static int32_t trie_lookup(const trie_t *t, const uint8_t *addr, unsigned src, u
         int bit = (addr[i / 8] >> (7 - i % 8)) & 1;
         int32_t nx = t->nodes[cur].child[bit];
         if (nx < 0) {
-            *scope = i; /* nothing more specific exists below this prefix */
+            /* Nothing more specific below prefix+bit. If the other side has entries, the
+             * answer holds for prefix+bit only (i + 1 bits); a leaf holds for all i bits. */
+            *scope = t->nodes[cur].child[!bit] >= 0 ? i + 1 : i;
             return best;
         }
         cur = nx;
@@ -157,13 +159,14 @@ void pol_classifier_free(pol_classifier_t *p)
     free(p);
 }
 
-static int32_t geomap_find(const pol_classifier_t *p, const char *code, uint32_t len)
+static int32_t geomap_find(const pol_classifier_t *p, const char *code, uint32_t len,
+                           bool continent)
 {
     if (len != 2) {
         return -1;
     }
     for (size_t i = 0; i < p->n_geomap; i++) {
-        if (strncasecmp(p->geomap[i].code, code, 2) == 0) {
+        if (p->geomap[i].continent == continent && strncasecmp(p->geomap[i].code, code, 2) == 0) {
             return (int32_t)p->geomap[i].region;
         }
     }
@@ -189,22 +192,22 @@ static unsigned geo_classify(const pol_classifier_t *p, int family, const uint8_
     if (family == AF_INET && p->mmdb.metadata.ip_version == 6 && nm >= 96) {
         nm -= 96; /* an IPv4 address in an IPv6 tree */
     }
-    *scope = nm > src ? nm : src;
+    (void)src;
+    *scope = nm; /* the database network: every address in it gets the same answer */
     if (mmerr != MMDB_SUCCESS || !res.found_entry) {
-        *scope = nm;
         return 0;
     }
     MMDB_entry_data_s d;
     if (MMDB_get_value(&res.entry, &d, "country", "iso_code", NULL) == MMDB_SUCCESS && d.has_data &&
         d.type == MMDB_DATA_TYPE_UTF8_STRING) {
-        int32_t r = geomap_find(p, d.utf8_string, d.data_size);
+        int32_t r = geomap_find(p, d.utf8_string, d.data_size, false);
         if (r >= 0) {
             return 1u + (unsigned)r;
         }
     }
     if (MMDB_get_value(&res.entry, &d, "continent", "code", NULL) == MMDB_SUCCESS && d.has_data &&
         d.type == MMDB_DATA_TYPE_UTF8_STRING) {
-        int32_t r = geomap_find(p, d.utf8_string, d.data_size);
+        int32_t r = geomap_find(p, d.utf8_string, d.data_size, true);
         if (r >= 0) {
             return 1u + (unsigned)r;
         }

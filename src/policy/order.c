@@ -50,7 +50,7 @@ static uint64_t locality_rank(const conf_t *c, size_t site, unsigned cls)
     if (n->has_location && s->has_location) {
         return 1 + (uint64_t)pol_distance_km(n->lat, n->lon, s->lat, s->lon);
     }
-    return 1;
+    return UINT64_MAX; /* distance unknown: after every site at a known distance */
 }
 
 static uint64_t band(double v, double width)
@@ -61,7 +61,9 @@ static uint64_t band(double v, double width)
     if (width <= 0) {
         return (uint64_t)(v * 1e6);
     }
-    return (uint64_t)floor(v / width);
+    /* The epsilon keeps exact multiples on their own band: 0.30 / 0.10 is 2.9999999999999996
+     * in binary floating point, and HAProxy loads like 30/100 hit that exactly. */
+    return (uint64_t)floor(v / width + 1e-9);
 }
 
 typedef struct {

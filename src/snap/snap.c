@@ -134,16 +134,24 @@ static void render_weighted(const conf_t *c, const conf_name_t *nm, snap_class_t
         share[k] = (unsigned)((uint64_t)w[k] * SNAP_WEIGHT_SLOTS / total);
         given += share[k];
     }
-    while (given < SNAP_WEIGHT_SLOTS) { /* largest remainders get the leftover slots */
-        size_t best = 0;
+    /* Largest remainder: each leftover slot goes to a different site, biggest remainder
+     * first, ties in answer order. */
+    bool got[64] = {false};
+    while (given < SNAP_WEIGHT_SLOTS) {
+        size_t best = SIZE_MAX;
         uint64_t best_rem = 0;
         for (size_t k = 0; k < cl->n_order; k++) {
             uint64_t rem = ((uint64_t)w[k] * SNAP_WEIGHT_SLOTS) % total;
-            if (w[k] && rem >= best_rem) {
-                best_rem = rem + 1;
+            if (w[k] && !got[k] && (best == SIZE_MAX || rem > best_rem)) {
+                best_rem = rem;
                 best = k;
             }
         }
+        if (best == SIZE_MAX) {
+            memset(got, 0, sizeof(got)); /* more leftovers than sites: another round */
+            continue;
+        }
+        got[best] = true;
         share[best]++;
         given++;
     }
