@@ -316,6 +316,12 @@ int msc_dns_parse(const uint8_t *pkt, size_t len, uint16_t id, const uint8_t *qn
 {
     memset(out, 0, offsetof(msc_reply_t, addr));
     out->ttl = MSC_TTL_NONE;
+    if (qname_len == 0 || qname_len > MSC_DNS_NAME_MAX) {
+        return MS_EINVAL;
+    }
+    /* Set before any early return: a caller may look at the target of any parsed reply. */
+    memcpy(out->target, qname, qname_len);
+    out->target_len = qname_len;
     if (len < 12) {
         return MS_EPARSE;
     }
@@ -349,8 +355,6 @@ int msc_dns_parse(const uint8_t *pkt, size_t len, uint16_t id, const uint8_t *qn
         return MS_EINVAL;
     }
     off += 4;
-    memcpy(out->target, qname, qname_len);
-    out->target_len = qname_len;
     if (out->tc) {
         return 0; /* the caller asks again over TCP; the rest may be cut anywhere */
     }

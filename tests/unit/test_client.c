@@ -262,6 +262,10 @@ static void g_tc_noq(pkt_t *p)
 {
     header(p, 0x80 | 0x02, 0, 0, 0, 0);
 }
+static void g_servfail_noq(pkt_t *p)
+{
+    header(p, 0x80, 2, 0, 0, 0); /* found by the fuzzer: the target must still be set */
+}
 static void g_servfail(pkt_t *p)
 {
     header(p, 0x80, 2, 1, 0, 0);
@@ -318,6 +322,7 @@ static const good_t goods[] = {
     {"NODATA: SOA TTL", g_nodata, "svc.test", 28, 0, "", 4},
     {"TC: nothing else read", g_tc, "svc.test", 1, 0, "", MSC_TTL_NONE, NULL, true},
     {"TC without question", g_tc_noq, "svc.test", 1, 0, "", MSC_TTL_NONE, NULL, true},
+    {"SERVFAIL without question", g_servfail_noq, "svc.test", 1, 2, "", MSC_TTL_NONE},
     {"SERVFAIL", g_servfail, "svc.test", 1, 2, "", MSC_TTL_NONE},
     {"AAAA order kept", g_aaaa, "svc.test", 28, 0, "2001:db8::2 2001:db8::1", 60},
     {"TTL with the top bit is 0", g_topbit_ttl, "svc.test", 1, 0, "192.0.2.1", 0},
