@@ -236,6 +236,13 @@ static void test_good(void)
     conf_err_t err;
     int rc;
 
+    /* Sections with every option commented out are empty (YAML null): defaults. */
+    rc =
+        load_text("server:\n  # udp-threads: 4\nzones:\n# - origin: example.com\n", &c, &err, NULL);
+    tap_ok(rc == 0 && c->udp_threads == 2 && c->udp_max_payload == 1232 && c->n_zones == 0,
+           "empty server and zones sections: defaults (%s)", rc == 0 ? "ok" : err.msg);
+    conf_free(c);
+
     rc = load_text("server:\n  listen: 192.0.2.1\n", &c, &err, NULL);
     tap_ok(rc == 0 && c->listen.n == 1 && strcmp(addr_str(&c->listen.v[0]), "192.0.2.1:53") == 0,
            "listen as a scalar, default port 53");
