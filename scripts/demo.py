@@ -31,7 +31,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import signal
 import socket
 import sqlite3
@@ -148,6 +147,7 @@ def multisited_yaml(d, me):
            f"  listen: [\"{d.dns(me)}\"]",
            f"  identity: ns-{me}",
            f"  nsid: ns-{me}",
+           f"  control-socket: {d.path(me, 'multisited.sock')}",
            "zones:",
            f"  - origin: {ZONE}",
            "    file: ../demo.test.zone",
@@ -373,6 +373,9 @@ def bindable(addr, port):
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         s = socket.socket(socket.AF_INET, kind)
         try:
+            if kind == socket.SOCK_STREAM:
+                # As the servers do: connections of a previous run in TIME-WAIT do not count.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((addr, port))
         except OSError:
             return False
@@ -400,27 +403,46 @@ def syncd_ready(d, site):
         p.get("out") == "ready" for p in st.get("peers", [])) and len(st.get("peers", [])) == 1
 
 
-def ms_view(d, me):
-    """What site `me`'s multisited last logged about each site: its own site's verdict (UP,
-    DOWN) and the other's heartbeat verdict (AVAILABLE, UNAVAILABLE). The DNS answer alone
-    cannot tell "both up" from "nothing known yet" (fallback: all answers every site), and
-    until multisitectl exists the log is the only place that says which it is."""
-    view = {}
+def ms_status(d, me):
+    """`multisitectl status --json` of site `me`'s multisited, or None."""
     try:
-        with open(d.path(me, "multisited.log"), errors="replace") as f:
-            for line in f:
-                m = re.search(r"\]: (?:heartbeat: )?site (\w+) ([A-Z]+): ", line)
-                if m:
-                    view[m.group(1)] = m.group(2)
-    except OSError:
-        pass
-    return view
+        r = subprocess.run([d.bin("multisitectl"), "-s", d.path(me, "multisited.sock"),
+                            "status", "--json"], capture_output=True, text=True, timeout=5)
+        return json.loads(r.stdout) if r.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError):
+        return None
+
+
+def ms_view(d, me):
+    """What site `me`'s multisited thinks of each site: {site: "up"|"down"}. The DNS answer
+    alone cannot tell "both up" from "nothing known yet" (fallback: all answers with every
+    site), so readiness and the walkthrough ask multisitectl too."""
+    st = ms_status(d, me)
+    if not st:
+        return {}
+    return {s["name"]: "up" if s.get("available") else "down" for s in st.get("sites", [])}
+
+
+def ms_why(d, me):
+    """One line per site: verdict, how it is known and why (for the walkthrough's output)."""
+    st = ms_status(d, me)
+    if not st:
+        return "multisitectl: no answer"
+    out = []
+    for s in st.get("sites", []):
+        if s.get("monitor") == "heartbeat" and "heartbeat" in s:
+            h = s["heartbeat"]
+            why = f"heartbeats {'alive' if h.get('alive') else 'stopped'}, reports " \
+                  f"{h.get('reported')}"
+        else:
+            why = s.get("probe", {}).get("reason", "")
+        out.append(f"{s['name']} {'up' if s.get('available') else 'DOWN'} "
+                   f"({s.get('monitor')}: {why})")
+    return "; ".join(out)
 
 
 def ms_ready(d, me):
-    o = "b" if me == "a" else "a"
-    v = ms_view(d, me)
-    return v.get(me) == "UP" and v.get(o) == "AVAILABLE"
+    return ms_view(d, me) == {"a": "up", "b": "up"}
 
 
 def sqlite_value(path, sql, *args):
@@ -457,7 +479,8 @@ def cmd_start(d, out=print):
     if running_state(d):
         out(f"demo: already running in {d.run} (make demo-stop, or scripts/demo.py stop)")
         return 1
-    for prog in ("multisited", "multisite-webapp", "multisite-syncd", "multisite-fetch"):
+    for prog in ("multisited", "multisitectl", "multisite-webapp", "multisite-syncd",
+                 "multisite-fetch"):
         if not os.access(d.bin(prog), os.X_OK):
             out(f"demo: {d.bin(prog)} is missing: run make first")
             return 1
@@ -577,7 +600,10 @@ def print_howto(d, st, out=print):
     out("")
     out("Status:")
     for s in SITES:
-        out(f"  tail -f {rel}/{s}/multisited.log        # site {s}'s verdicts and heartbeats")
+        out(f"  {b}/multisitectl -s {rel}/{s}/multisited.sock status   # site {s}'s view, "
+            "with reasons")
+    for s in SITES:
+        out(f"  tail -f {rel}/{s}/multisited.log        # site {s}'s decisions as they happen")
     for s in SITES:
         out(f"  {b}/multisite-syncd -c {rel}/{s}/sync.yaml status")
     out("  scripts/demo.py status" + ("" if rel == "run/demo" else f" --run-dir {rel}"))
@@ -613,6 +639,11 @@ def cmd_status(d, out=print):
     for s in SITES:
         out(f"dig @{d.dns(s)} {NAME}: {dig(d, s)}   from b's region ({ECS_B}): "
             f"{dig(d, s, ECS_B)}")
+    for s in SITES:
+        r = subprocess.run([d.bin("multisitectl"), "-s", d.path(s, "multisited.sock"), "status"],
+                           capture_output=True, text=True, timeout=10)
+        out(f"multisitectl status, site {s}:")
+        out("  " + (r.stdout + r.stderr).rstrip().replace("\n", "\n  "))
     for s in SITES:
         out(f"multisite-syncd site {s}:")
         out("  " + syncd_status(d, s).replace("\n", "\n  "))
@@ -750,8 +781,8 @@ def cmd_failover(d, out=print):
                 wait_for(lambda: all(web_ready(d, s, i) for s in SITES
                                      for i in range(len(d.web_ports))), STEP_DEADLINE))
         ok = wait_for(lambda: all(ms_ready(d, s) for s in SITES), STEP_DEADLINE)
-        w.check("each multisited: its own site UP by probes, the other AVAILABLE by heartbeat",
-                ok, "; ".join(f"{s}'s log: {ms_view(d, s)}" for s in SITES))
+        w.check("each multisited: its own site up by probes, the other by heartbeats",
+                ok, " | ".join(f"{s}'s multisitectl status: {ms_why(d, s)}" for s in SITES))
         w.expect_dns(d, [A, B], "a then b")
 
         w.step(f"a client in b's region ({ECS_B}, sent as EDNS Client Subnet) gets b, then a")
@@ -810,9 +841,10 @@ def cmd_failover(d, out=print):
         w.check(f"site a's HAProxy ({A}:{d.http_port}) serves nothing", code != 200,
                 f"{code} {body[:60]}".strip())
         w.expect_dns(d, [B], "site a left out")
-        w.check("a's multisited: site a DOWN (probes); b's: site a UNAVAILABLE (heartbeats)",
-                ms_view(d, "a").get("a") == "DOWN" and ms_view(d, "b").get("a") == "UNAVAILABLE",
-                f"a's log: {ms_view(d, 'a')}; b's log: {ms_view(d, 'b')}")
+        w.check("a's multisited: site a down (its probes); b's: site a down (a's heartbeats)",
+                ms_view(d, "a") == {"a": "down", "b": "up"} and
+                ms_view(d, "b") == {"a": "down", "b": "up"},
+                " | ".join(f"{s}'s multisitectl status: {ms_why(d, s)}" for s in SITES))
         w.expect_dns(d, [B], "b's region: b only", subnet=ECS_B)
 
         w.step("writes made at site b")
@@ -856,8 +888,8 @@ def cmd_failover(d, out=print):
                 listed and h.get("x-served-by", "").startswith("a/"),
                 f"{code} {h.get('x-served-by')}" if code == 200 else f"{code} {body[:80]}")
         ok = wait_for(lambda: all(ms_ready(d, s) for s in SITES), STEP_DEADLINE)
-        w.check("a's multisited: site a UP again; b's: site a AVAILABLE again", ok,
-                f"a's log: {ms_view(d, 'a')}; b's log: {ms_view(d, 'b')}")
+        w.check("both multisiteds: site a up again", ok,
+                " | ".join(f"{s}'s multisitectl status: {ms_why(d, s)}" for s in SITES))
         w.expect_dns(d, [A, B], "a then b again")
         w.expect_dns(d, [B, A], "b's region: b then a again", subnet=ECS_B)
         # The client re-resolves when the TTL runs out and starts from the top again.
