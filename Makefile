@@ -2,6 +2,8 @@
 #
 #   make            build build/multisited (and the other programs)
 #   make run        install deps, build, serve the example zone on 127.0.0.1:5353
+#   make demo       install deps, build, start the two-site demo on loopback (scripts/demo.py);
+#                   make demo-failover walks through a site failure, make demo-stop ends it
 #   make check      install deps, then: format check, -Werror build, unit tests, fuzz corpus
 #                   replay, the same under ASan+UBSan, integration tests
 #   make bench      benchmarks (bench/*.sh) that print the figures quoted in the README
@@ -46,7 +48,7 @@ FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/fuzz_%.c=build-fuzz/fuzz_%)
 
 .PHONY: all deps run check format format-check unit-test fuzz-replay integration integration-asan \
 	bench fuzz \
-	clean tests-bin
+	clean tests-bin demo demo-stop demo-failover
 
 all: $(PROGS)
 
@@ -78,6 +80,15 @@ tests-bin: $(PROGS) $(UNIT_BINS) $(FUZZ_REPLAY)
 run: deps
 	$(MAKE) all
 	$(BUILD)/multisited -c examples/multisited.yaml
+
+# The two-site demo (docs/demo.md): everything in the background, pids and logs in run/demo/.
+demo: deps
+	$(MAKE) all
+	/usr/bin/python3 scripts/demo.py start --build $(BUILD)
+demo-stop:
+	/usr/bin/python3 scripts/demo.py stop
+demo-failover:
+	/usr/bin/python3 scripts/demo.py failover
 
 unit-test: $(UNIT_BINS)
 	@set -e; fail=0; for t in $(UNIT_BINS); do \
