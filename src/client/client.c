@@ -232,7 +232,7 @@ static bool literal(const char *name, uint16_t port, msc_addrs_t *out)
 static int refresh(msc_t *m, entry_t *e, uint64_t now)
 {
     msc_addrs_t fresh = {0};
-    char why[768] = "";
+    char why[512] = "";
     int rc = 0;
     if (!literal(e->name, e->port, &fresh)) {
         rc = m->resolve(m->resolve_arg, e->name, e->port, &fresh, why, sizeof(why));
