@@ -375,6 +375,12 @@ class DnsWatch(Proc):
         with self.lock:
             return self.changes[-1][1] if self.changes else None
 
+    def stable(self, pred, ms):
+        """The latest answer satisfies pred and has not changed for ms."""
+        with self.lock:
+            return bool(self.changes) and pred(self.changes[-1][1]) and \
+                mono_ms() - self.changes[-1][0] >= ms
+
     def first_since(self, t_ms, pred):
         with self.lock:
             for t, ips in self.changes:
