@@ -472,3 +472,32 @@ def test_ip_literal_and_bad_usage(port):
                  [FETCH, "--server", "nonsense", "http://x/"]):
         r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
         assert r.returncode == 2, (argv, r.stdout, r.stderr)
+
+
+def test_resolv_conf_mode(dnsd, port, workdir):
+    """Mode (b): no --server, the nameservers of a resolv.conf. resolv.conf has no port, so
+    a second multisited listens on 127.0.0.153:53 (the same zone); it gets queries with RD set
+    and, being authoritative, keeps the order."""
+    from conftest import MULTISITED, Server
+    dnsd.set(["127.0.0.3", "127.0.0.2"])
+    d = tempfile.mkdtemp(prefix="client-rc-", dir=workdir)
+    argv = [MULTISITED, "--zone", f"example.com={ZONES['example.com']}",
+            "--zone", f"{ORIGIN}={dnsd.zone}", "--listen", "127.0.0.153:53"]
+    srv = Server("multisited-53", argv, 53, d, ["127.0.0.153"]).start().wait_ready()
+    rc_path = os.path.join(d, "resolv.conf")
+    with open(rc_path, "w") as f:
+        f.write("# test\nsearch example.com\nnameserver 127.0.0.153\noptions ndots:2\n")
+    a = Backend("127.0.0.2", port, "a/web1")
+    b = Backend("127.0.0.3", port, "b/web1")
+    try:
+        r = subprocess.run([FETCH, "--resolv-conf", rc_path, "--count", "2", "--interval", "0",
+                            f"http://{NAME}:{port}/"], capture_output=True, text=True,
+                           timeout=30)
+    finally:
+        a.stop()
+        b.stop()
+        assert srv.stop() == 0, srv.log_tail()
+    reqs = parse(r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [q["by"] for q in reqs] == ["b/web1", "b/web1"], r.stdout
+    assert f"resolved {NAME}: 127.0.0.3:{port}, 127.0.0.2:{port}" in r.stdout, r.stdout
