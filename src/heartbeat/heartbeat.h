@@ -13,9 +13,10 @@
  *              period_ms slices; the current, partial period never counts);
  *   available  when it is alive and some alive sender of it reports HEALTH_UP.
  *
- * Threading: everything runs on the loop thread given to hb_new(); the callback too. The
- * values returned by hb_site() stay valid until the next loop iteration that runs heartbeat
- * code (copy what you keep). hb_keygen() and hb_conf_digest() may be called from anywhere. */
+ * Threading: everything runs on the loop thread given to hb_new(); the callback too. A
+ * pointer returned by hb_site() stays valid until hb_reload() or hb_free(); its contents
+ * change as heartbeats arrive (copy what you keep). hb_keygen() and hb_conf_digest() may be
+ * called from any thread. */
 #ifndef MS_HEARTBEAT_H
 #define MS_HEARTBEAT_H
 

@@ -14,6 +14,7 @@
 #include "heartbeat/internal.h"
 #include "tap.h"
 
+#include <arpa/inet.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdlib.h>
@@ -667,6 +668,154 @@ static void test_digest(void)
     tap_ok(memcmp(d[0], d[3], HB_DIGEST_LEN) != 0, "digest sees a name's site order");
 }
 
+/* ---- the module on a real loop over loopback: two instances talk ---- */
+
+static uint16_t free_udp_port(void)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t l = sizeof(a);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &l) != 0) {
+        return 0;
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static conf_t *loop_conf(const char *self, uint16_t pa, uint16_t pb, const char *key,
+                         const char *extra_name)
+{
+    char text[2048];
+    snprintf(text, sizeof(text),
+             "server:\n  listen: 127.0.0.1:1\nsites:\n"
+             "  - name: eu\n    addresses: [192.0.2.10]\n    web-servers: [127.0.0.1:1]\n"
+             "    heartbeat-peers: [127.0.0.1:%u]\n"
+             "  - name: us\n    addresses: [198.51.100.10]\n    web-servers: [127.0.0.1:2]\n"
+             "    heartbeat-peers: [127.0.0.1:%u]\n"
+             "names:\n  - name: www.example.com\n    sites: [eu, us]\n%s"
+             "heartbeat:\n  self: %s\n  id: dns-%s\n  listen: 127.0.0.1:%u\n"
+             "  key-file: %s\n",
+             pa, pb, extra_name ? extra_name : "", self, self, strcmp(self, "eu") == 0 ? pa : pb,
+             key);
+    return load_conf(text);
+}
+
+static int loop_changes;
+static void loop_cb(void *ud)
+{
+    (void)ud;
+    loop_changes++;
+}
+static void loop_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Run the loop until pred(a) or ms pass; returns the ms it took, or -1. */
+static long loop_until(uv_loop_t *loop, hb_t *a, bool (*pred)(hb_t *), long ms)
+{
+    uint64_t t0 = time_mono_ms();
+    while (!pred(a)) {
+        if ((long)(time_mono_ms() - t0) > ms) {
+            return -1;
+        }
+        uv_run(loop, UV_RUN_ONCE);
+    }
+    return (long)(time_mono_ms() - t0);
+}
+
+static bool us_available(hb_t *a)
+{
+    return hb_site(a, 1)->available;
+}
+static bool us_down(hb_t *a)
+{
+    return hb_site(a, 1)->alive && hb_site(a, 1)->reported == HEALTH_DOWN;
+}
+static bool us_gone(hb_t *a)
+{
+    return !hb_site(a, 1)->alive;
+}
+
+static void test_loop(void)
+{
+    uint16_t pa = free_udp_port(), pb = free_udp_port();
+    char *key = xasprintf("%s/loop.key", dir);
+    tap_ok(pa && pb && pa != pb && hb_keygen(key, false) == 0, "loop: ports %u %u, key", pa, pb);
+    conf_t *ca = loop_conf("eu", pa, pb, key, NULL), *cb = loop_conf("us", pa, pb, key, NULL);
+    if (!ca || !cb) {
+        tap_ok(false, "loop: configs");
+        return;
+    }
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    uv_timer_t tick;
+    uv_timer_init(&loop, &tick);
+    uv_timer_start(&tick, loop_tick, 10, 10);
+    hb_t *a = NULL, *b = NULL;
+    tap_ok(hb_new(&loop, ca, loop_cb, NULL, &a) == 0 && hb_new(&loop, cb, NULL, NULL, &b) == 0,
+           "loop: two instances start");
+    if (!a || !b) {
+        return;
+    }
+    tap_ok(hb_site(a, 0) == NULL && hb_site(a, 2) == NULL && hb_site(a, 1) != NULL,
+           "loop: no view of our own site or past the end");
+    hb_self_t up = {HEALTH_UP, HB_REASON_OK, 0.5, 20.0},
+              down = {HEALTH_DOWN, HB_REASON_DB, 0.5, 20.0};
+    hb_set_self(b, &up);
+    long t = loop_until(&loop, a, us_available, 4000);
+    tap_ok(t > 0 && t <= 2100, "loop: us available after %ld ms (N complete periods)", t);
+    tap_ok(loop_changes > 0, "loop: change callback ran");
+    loop_until(&loop, a, us_gone, 600); /* one more period folds the load in */
+    tap_ok(hb_site(a, 1)->load > 0.49 && hb_site(a, 1)->load < 0.51 &&
+               hb_site(a, 1)->rtt_ms > 19.9 && hb_site(a, 1)->rtt_ms < 20.1,
+           "loop: load %.2f and rtt %.1f ms carried", hb_site(a, 1)->load, hb_site(a, 1)->rtt_ms);
+    hb_set_self(b, &down);
+    t = loop_until(&loop, a, us_down, 1000);
+    tap_ok(t >= 0 && t < 200 && !hb_site(a, 1)->available && hb_site(a, 1)->reason == HB_REASON_DB,
+           "loop: DOWN (db) reported within %ld ms", t);
+    hb_set_self(b, &up);
+    loop_until(&loop, a, us_available, 1000);
+
+    /* Reload: a new name changes our digest; sockets and liveness are kept. */
+    conf_t *ca2 = loop_conf("eu", pa, pb, key, "  - name: api.example.com\n    sites: [us]\n");
+    uint64_t tr0 = hb_site(a, 1)->transitions;
+    tap_ok(ca2 && hb_reload(a, ca2) == 0, "loop: reload");
+    t = loop_until(&loop, a, us_gone, 1200);
+    tap_ok(t < 0 && hb_site(a, 1)->available && hb_site(a, 1)->transitions == tr0 &&
+               hb_site(a, 1)->digest_mismatch,
+           "loop: no flap across the reload; digest now differs");
+    char *bad = xasprintf("%s/bad.key", dir);
+    free(write_file("bad.key", "1 00\n", 0600));
+    conf_t *ca3 = loop_conf("eu", pa, pb, bad, NULL);
+    tap_ok(ca3 && hb_reload(a, ca3) != 0, "loop: reload with a bad key file refused");
+    t = loop_until(&loop, a, us_gone, 700);
+    tap_ok(t < 0 && hb_site(a, 1)->available, "loop: still running on the old keys");
+
+    hb_free(b);
+    uint64_t t0 = time_mono_ms();
+    t = loop_until(&loop, a, us_gone, 3000);
+    tap_ok(t >= 0 && time_mono_ms() - t0 <= 2000, "loop: us gone %llu ms after it stopped",
+           (unsigned long long)(time_mono_ms() - t0));
+    hb_stats_t st;
+    hb_get_stats(a, &st);
+    tap_ok(st.tx > 20 && st.rx_ok > 20 && st.tx_err == 0 && st.rej_bad_mac == 0 &&
+               st.rej_replay == 0 && st.rej_skew == 0,
+           "loop: tx %llu rx_ok %llu, nothing rejected", (unsigned long long)st.tx,
+           (unsigned long long)st.rx_ok);
+    hb_free(a);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    TAP_EQ_INT(uv_loop_close(&loop), 0, "loop: every handle closed");
+    conf_free(ca);
+    conf_free(cb);
+    conf_free(ca2);
+    conf_free(ca3);
+    free(bad);
+    free(key);
+}
+
 /* ---- the driver (namespace test, bench) ---- */
 
 static hb_t *drv_hb;
@@ -854,6 +1003,7 @@ int main(int argc, char **argv)
     test_liveness();
     test_reconf();
     test_digest();
+    test_loop();
     hb_keys_deinit(&keys);
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
