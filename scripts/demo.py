@@ -157,14 +157,14 @@ def multisited_yaml(d, me):
     for s in SITES:
         ip = d.addr[s]
         out += [f"  - name: {s}",
-                f"    addresses: [{ip}]                 # its HAProxy",
-                f"    heartbeat-peers: [\"{ip}:{d.hb_port}\"]  # remote: known by heartbeat",
+                f"    addresses: [{ip}]    # what DNS answers: the site's HAProxy",
+                f"    heartbeat-peers: [\"{ip}:{d.hb_port}\"]    # the other site is known by these",
                 "    web-servers:"]
         out += [f"      - {{name: web{i + 1}, address: \"{ip}:{p}\"}}"
                 for i, p in enumerate(d.web_ports)]
         out += ["    web-check: {type: http, path: /health, expect: ok, interval: 500ms, "
                 "timeout: 400ms, rise: 2, fall: 2}",
-                "    database:                      # a page the web tier runs on the db",
+                "    database:    # a page a web server runs on the database, through HAProxy",
                 f"      name: {d.identity(s)}",
                 f"      url: http://{ip}:{d.http_port}/db",
                 "      interval: 500ms",
@@ -175,7 +175,7 @@ def multisited_yaml(d, me):
                 "      interval: 250ms"]
     out += ["names:",
             f"  - name: {NAME}",
-            "    sites: [a, b]                 # the configured order",
+            "    sites: [a, b]    # the configured order",
             "    order: [locality]",
             "    ttl: 10",
             "    ttl-min: 2",
