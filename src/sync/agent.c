@@ -34,7 +34,7 @@
 
 #define WINDOW            4
 #define IDLE_HEARTBEAT_MS 1000
-#define DEAD_MS           5000
+#define DEAD_MS           30000  /* an apply of a big window may take seconds */
 #define LAG_SAMPLES       131072 /* over 2 min at 1,000 changes/s */
 #define MAX_CONNS         256
 
@@ -64,6 +64,7 @@ struct peer {
     bool more;
     uint64_t rows_sent, batches_sent, rows_applied, batches_applied, conflicts, quarantined;
     uint64_t bad_msgs;
+    uint64_t apply_ns; /* time spent inside apply transactions */
     bool schema_differs;
     uint32_t lag[LAG_SAMPLES];
     size_t nlag, lag_pos;
@@ -367,8 +368,10 @@ static int on_msg(agent_t *a, conn_t *k, const uint8_t *data, size_t len)
             rc = MS_EDB;
             goto out;
         }
+        uint64_t dt = time_mono_ns() - t0;
+        p->apply_ns += dt;
         log_debug("applied %zu entries from site %s in %llu us", b->nentries, p->conf->name,
-                  (unsigned long long)((time_mono_ns() - t0) / 1000));
+                  (unsigned long long)(dt / 1000));
         record_lag(p, b);
         p->batches_applied++;
         p->rows_applied += res.entries_applied;
@@ -594,7 +597,7 @@ static void status_json(const sync_conf_t *c, agent_t *a, sync_db_t *db, buf_t *
                    "%s{\"name\":\"%s\",\"id\":%u,\"out\":\"%s\",\"in\":\"%s\","
                    "\"acked\":%llu,\"backlog\":%llu,\"lag_ms\":%llu,\"applied_seq\":%llu,"
                    "\"applied\":%llu,\"recv_lag_p50_ms\":%u,\"recv_lag_p99_ms\":%u,"
-                   "\"rows_sent\":%llu,\"rows_applied\":%llu,\"schema\":\"%s\"}",
+                   "\"rows_sent\":%llu,\"rows_applied\":%llu,\"apply_ms\":%llu,\"schema\":\"%s\"}",
                    i ? "," : "", pc->name, pc->id, p && p->out ? st_names[p->out->state] : "down",
                    p && p->in ? st_names[p->in->state] : "down",
                    (unsigned long long)(pd ? pd->acked : 0),
@@ -603,6 +606,7 @@ static void status_json(const sync_conf_t *c, agent_t *a, sync_db_t *db, buf_t *
                    (unsigned long long)(in ? in->applied : 0), p50, p99,
                    (unsigned long long)(p ? p->rows_sent : 0),
                    (unsigned long long)(p ? p->rows_applied : 0),
+                   (unsigned long long)(p ? p->apply_ns / 1000000 : 0),
                    p && p->schema_differs ? "differs" : "same");
     }
     buf_printf(o, "]}\n");
@@ -738,7 +742,7 @@ static void loop_once(agent_t *a)
         }
         if (rc == 0 && k->state != ST_CONNECTING && now > k->last_rx_ms + DEAD_MS) {
             rc = MS_ECLOSED;
-            why = "no traffic for 5 s";
+            why = "no traffic for 30 s";
         }
         if (rc == 0 && k->state == ST_READY && now > k->last_tx_ms + IDLE_HEARTBEAT_MS) {
             sync_enc_heartbeat(&k->msg, 0);

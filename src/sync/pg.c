@@ -79,7 +79,12 @@ static const char *cstr(buf_t *b)
 
 static PGresult *q(pg_db_t *s, const char *sql, int n, const char *const *params)
 {
+    uint64_t t0 = time_mono_ms();
     PGresult *r = n ? PQexecParams(s->pc, sql, n, NULL, params, NULL, NULL, 0) : PQexec(s->pc, sql);
+    if (time_mono_ms() - t0 > 100) {
+        log_debug("postgresql: %llu ms for: %.120s", (unsigned long long)(time_mono_ms() - t0),
+                  sql);
+    }
     ExecStatusType st = PQresultStatus(r);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
         log_debug("postgresql: %s (in: %.200s)", PQresultErrorMessage(r), sql);
@@ -258,7 +263,8 @@ static void gen_capture(buf_t *b, const pg_table_t *t, uint32_t site)
                "CREATE TABLE IF NOT EXISTS \"rep_c_%s\"(\"%s\" %s PRIMARY KEY, seq bigint NOT "
                "NULL, xid xid8, lh bigint NOT NULL, mask bigint NOT NULL, cl int NOT NULL, clh "
                "bigint NOT NULL, cls int NOT NULL);"
-               "CREATE INDEX IF NOT EXISTS \"rep_c_%s_xid\" ON \"rep_c_%s\"(xid);",
+               "CREATE INDEX IF NOT EXISTS \"rep_c_%s_xid\" ON \"rep_c_%s\"(xid) WHERE xid IS NOT "
+               "NULL;",
                T, P, t->types[0], T, T);
     for (unsigned c = 1; c <= t->ncols; c++) {
         const char *n = t->cols[c];
@@ -327,7 +333,8 @@ static void gen_capture(buf_t *b, const pg_table_t *t, uint32_t site)
                ";\n RETURN NULL;\nEND\n$rep$;"
                "DROP TRIGGER IF EXISTS \"rep_t_%s\" ON \"%s\";"
                "CREATE TRIGGER \"rep_t_%s\" AFTER INSERT OR UPDATE OR DELETE ON \"%s\" FOR EACH "
-               "ROW EXECUTE FUNCTION \"rep_trg_%s\"();",
+               "ROW WHEN (current_setting('rep.applying', true) IS DISTINCT FROM 'on') EXECUTE "
+               "FUNCTION \"rep_trg_%s\"();",
                T, T, T, T, T);
     /* Rows that existed before capture: one clock row each, sent like any change. */
     buf_printf(b, "INSERT INTO \"rep_c_%s\"(\"%s\", seq, xid, lh, mask, cl, clh, cls", T, P);
@@ -772,7 +779,7 @@ static int quarantine(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const
 typedef struct {
     const sync_entry_t *e;
     sync_row_action_t act;
-    bool write, del, found;
+    bool write, del, found, existed;
     bool take[SYNC_MAX_COLS];
     uint32_t cl;
     sync_ver_t clv;
@@ -819,18 +826,18 @@ static int apply_set(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const 
     buf_t lk;
     buf_init(&lk);
     buf_printf(&lk,
-               "SELECT 1 FROM \"%s\" WHERE \"%s\" = ANY($1::text[]::%s[]) ORDER BY \"%s\" FOR "
-               "UPDATE",
-               t->name, P, t->types[0], P);
+               "SELECT 1 FROM \"%s\" x JOIN unnest($1::text[]::%s[]) k(p) ON x.\"%s\" = k.p "
+               "ORDER BY x.\"%s\" FOR UPDATE OF x",
+               t->name, t->types[0], P, P);
     PGresult *r = q(s, cstr(&lk), 1, p1);
     bool locked = r != NULL;
     PQclear(r);
     r = NULL;
     buf_reset(&lk);
     buf_printf(&lk,
-               "SELECT 1 FROM \"rep_c_%s\" WHERE \"%s\" = ANY($1::text[]::%s[]) ORDER BY \"%s\" "
-               "FOR UPDATE",
-               t->name, P, t->types[0], P);
+               "SELECT 1 FROM \"rep_c_%s\" x JOIN unnest($1::text[]::%s[]) k(p) ON x.\"%s\" = "
+               "k.p ORDER BY x.\"%s\" FOR UPDATE OF x",
+               t->name, t->types[0], P, P);
     if (locked) {
         r = q(s, cstr(&lk), 1, p1);
     }
@@ -866,6 +873,7 @@ static int apply_set(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const 
         for (unsigned c = 0; c < t->ncols; c++) {
             x->v[c] = x->found ? ver_pg(r, (int)i, 4 + 3 * (int)c) : (sync_ver_t){0, 0};
         }
+        x->existed = x->found && x->cl % 2 == 1;
         x->act = sync_decide_row(x->cl, e->cl);
         const char *rules[SYNC_MAX_COLS] = {0};
         bool won[SYNC_MAX_COLS] = {0};
@@ -955,87 +963,118 @@ static int apply_set(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const 
     }
     if (ndel) {
         buf_reset(&sql);
-        buf_printf(&sql, "DELETE FROM \"%s\" WHERE \"%s\" = ANY(('{%s}'::text[])::%s[])", t->name,
-                   P, cstr(&del), t->types[0]);
+        buf_printf(&sql,
+                   "DELETE FROM \"%s\" x USING unnest(('{%s}'::text[])::%s[]) k(p) WHERE "
+                   "x.\"%s\" = k.p",
+                   t->name, cstr(&del), t->types[0], P);
         rc = ex(s, cstr(&sql));
     }
     buf_deinit(&del);
     /* row writes: one upsert with take flags */
-    size_t nw = 0;
-    for (size_t i = 0; i < n; i++) {
-        nw += d[i].write;
-    }
-    if (rc == 0 && nw) {
-        unsigned np = 1 + 2 * t->ncols;
-        buf_t *arr = xcalloc(np, sizeof(buf_t));
-        for (unsigned k = 0; k < np; k++) {
-            buf_init(&arr[k]);
-            buf_append(&arr[k], "{", 1);
-        }
-        size_t wi = 0;
+    /* pass 0: rows that exist here (UPDATE with take flags); pass 1: rows that do not
+     * (INSERT; ON CONFLICT covers a row that exists without a clock row). */
+    for (int pass = 0; pass < 2; pass++) {
+        size_t nw = 0;
         for (size_t i = 0; i < n; i++) {
-            if (!d[i].write) {
-                continue;
+            nw += d[i].write && d[i].existed == (pass == 0);
+        }
+        if (rc != 0 || nw == 0) {
+            continue;
+        }
+        {
+            unsigned np = 1 + 2 * t->ncols;
+            buf_t *arr = xcalloc(np, sizeof(buf_t));
+            for (unsigned k = 0; k < np; k++) {
+                buf_init(&arr[k]);
+                buf_append(&arr[k], "{", 1);
             }
-            const sync_entry_t *e = d[i].e;
-            arr_add(&arr[0], &e->pk[0], wi == 0);
+            size_t wi = 0;
+            for (size_t i = 0; i < n; i++) {
+                if (!d[i].write || d[i].existed != (pass == 0)) {
+                    continue;
+                }
+                const sync_entry_t *e = d[i].e;
+                arr_add(&arr[0], &e->pk[0], wi == 0);
+                for (unsigned c = 0; c < t->ncols; c++) {
+                    int j = m->map[c];
+                    arr_add(&arr[1 + 2 * c], j >= 0 ? &e->val[j] : NULL, wi == 0);
+                    arr_text(&arr[2 + 2 * c], d[i].take[c] ? "t" : "f", wi == 0);
+                }
+                wi++;
+            }
+            const char **pv = xcalloc(np, sizeof(char *));
+            for (unsigned k = 0; k < np; k++) {
+                buf_append(&arr[k], "}", 1);
+                pv[k] = cstr(&arr[k]);
+            }
+            /* Existing rows: UPDATE with the take flags (a column not taken keeps its value);
+             * then missing rows: INSERT ... ON CONFLICT DO NOTHING. Two set-based statements for
+             * the whole chunk (a CTE with RETURNING would make the planner loop). */
+            buf_t src;
+            buf_init(&src);
+            buf_printf(&src, "(SELECT * FROM unnest($1::text[]::%s[]", t->types[0]);
             for (unsigned c = 0; c < t->ncols; c++) {
-                int j = m->map[c];
-                arr_add(&arr[1 + 2 * c], j >= 0 ? &e->val[j] : NULL, wi == 0);
-                arr_text(&arr[2 + 2 * c], d[i].take[c] ? "t" : "f", wi == 0);
+                buf_printf(&src, ", $%u::text[]::%s[], $%u::bool[]", 2 + 2 * c, t->types[1 + c],
+                           3 + 2 * c);
             }
-            wi++;
-        }
-        const char **pv = xcalloc(np, sizeof(char *));
-        for (unsigned k = 0; k < np; k++) {
-            buf_append(&arr[k], "}", 1);
-            pv[k] = cstr(&arr[k]);
-        }
-        /* Existing rows: UPDATE with the take flags (a column not taken keeps its value);
-         * missing rows: INSERT. One statement for the whole chunk. */
-        buf_reset(&sql);
-        buf_printf(&sql, "WITH u AS (SELECT * FROM unnest($1::text[]::%s[]", t->types[0]);
-        for (unsigned c = 0; c < t->ncols; c++) {
-            buf_printf(&sql, ", $%u::text[]::%s[], $%u::bool[]", 2 + 2 * c, t->types[1 + c],
-                       3 + 2 * c);
-        }
-        buf_printf(&sql, ") AS u(k");
-        for (unsigned c = 0; c < t->ncols; c++) {
-            buf_printf(&sql, ", c%u, t%u", c, c);
-        }
-        buf_printf(&sql, ")), upd AS (UPDATE \"%s\" x SET \"%s\" = x.\"%s\"", t->name, P, P);
-        for (unsigned c = 0; c < t->ncols; c++) {
-            if (m->map[c] >= 0) {
-                buf_printf(&sql, ", \"%s\" = CASE WHEN u.t%u THEN u.c%u ELSE x.\"%s\" END",
-                           t->cols[1 + c], c, c, t->cols[1 + c]);
+            buf_printf(&src, ") AS u(k");
+            for (unsigned c = 0; c < t->ncols; c++) {
+                buf_printf(&src, ", c%u, t%u", c, c);
             }
-        }
-        buf_printf(&sql,
-                   " FROM u WHERE x.\"%s\" = u.k RETURNING x.\"%s\") INSERT INTO \"%s\"(\"%s\"", P,
-                   P, t->name, P);
-        for (unsigned c = 0; c < t->ncols; c++) {
-            if (m->map[c] >= 0) {
-                buf_printf(&sql, ", \"%s\"", t->cols[1 + c]);
+            buf_printf(&src, ")) u");
+            buf_reset(&sql);
+            if (pass == 0) {
+                buf_printf(&sql, "UPDATE \"%s\" x SET \"%s\" = x.\"%s\"", t->name, P, P);
+                for (unsigned c = 0; c < t->ncols; c++) {
+                    if (m->map[c] >= 0) {
+                        buf_printf(&sql, ", \"%s\" = CASE WHEN u.t%u THEN u.c%u ELSE x.\"%s\" END",
+                                   t->cols[1 + c], c, c, t->cols[1 + c]);
+                    }
+                }
+                buf_printf(&sql, " FROM %s WHERE x.\"%s\" = u.k", cstr(&src), P);
+                PGresult *wr = q(s, cstr(&sql), (int)np, pv);
+                if (!wr) {
+                    rc = MS_EDB;
+                }
+                PQclear(wr);
+            } else {
+                buf_reset(&sql);
+                buf_printf(&sql, "INSERT INTO \"%s\"(\"%s\"", t->name, P);
+                for (unsigned c = 0; c < t->ncols; c++) {
+                    if (m->map[c] >= 0) {
+                        buf_printf(&sql, ", \"%s\"", t->cols[1 + c]);
+                    }
+                }
+                buf_printf(&sql, ") SELECT u.k");
+                for (unsigned c = 0; c < t->ncols; c++) {
+                    if (m->map[c] >= 0) {
+                        buf_printf(&sql, ", u.c%u", c);
+                    }
+                }
+                buf_printf(&sql,
+                           " FROM %s ON CONFLICT (\"%s\") DO UPDATE SET \"%s\" = excluded.\"%s\"",
+                           cstr(&src), P, P, P);
+                for (unsigned c = 0; c < t->ncols; c++) {
+                    if (m->map[c] >= 0) {
+                        buf_printf(&sql, ", \"%s\" = excluded.\"%s\"", t->cols[1 + c],
+                                   t->cols[1 + c]);
+                    }
+                }
+                PGresult *wr = q(s, cstr(&sql), (int)np, pv);
+                if (!wr) {
+                    rc = MS_EDB;
+                }
+                PQclear(wr);
             }
-        }
-        buf_printf(&sql, ") SELECT u.k");
-        for (unsigned c = 0; c < t->ncols; c++) {
-            if (m->map[c] >= 0) {
-                buf_printf(&sql, ", u.c%u", c);
+            buf_deinit(&src);
+            for (unsigned k = 0; k < np; k++) {
+                buf_deinit(&arr[k]);
             }
+            free(arr);
+            free(pv);
         }
-        buf_printf(&sql, " FROM u WHERE u.k NOT IN (SELECT \"%s\" FROM upd)", P);
-        PGresult *wr = q(s, cstr(&sql), (int)np, pv);
-        if (!wr) {
-            rc = MS_EDB;
-        }
-        PQclear(wr);
-        for (unsigned k = 0; k < np; k++) {
-            buf_deinit(&arr[k]);
-        }
-        free(arr);
-        free(pv);
     }
+
     /* clocks */
     size_t nck = 0;
     for (size_t i = 0; i < n; i++) {
@@ -1195,19 +1234,9 @@ static int apply_entries(pg_db_t *s, const sync_batch_t *b, uint64_t after, sync
                 res->held++;
                 rc = quarantine(s, b->origin, w, e, "future", msg, requeue_id);
             } else {
-                bool dup = false;
-                for (size_t k = 0; k < n && !dup; k++) {
-                    dup = sel[k]->pk[0].type == e->pk[0].type && sel[k]->pk[0].i == e->pk[0].i &&
-                          sel[k]->pk[0].len == e->pk[0].len &&
-                          (!e->pk[0].len || memcmp(sel[k]->pk[0].p, e->pk[0].p, e->pk[0].len) == 0);
-                }
-                if (dup) {
-                    res->quarantined++;
-                    rc = quarantine(s, b->origin, w, e, "duplicate", "row twice in one batch",
-                                    requeue_id);
-                } else {
-                    sel[n++] = e;
-                }
+                /* A row twice in one batch (never sent by our senders) makes the clock
+                 * upsert fail; the chunk is then replayed entry by entry, which is correct. */
+                sel[n++] = e;
             }
         }
         if (rc != 0 || n == 0) {
