@@ -167,10 +167,20 @@ static void probe_abort(ht_target_t *t, bool report)
 static void timer_cb(uv_timer_t *tm)
 {
     ht_target_t *t = tm->data;
+    if (t->attempt && !t->grace) {
+        /* libuv runs timers before it polls for I/O. After a stall of the loop (a slow
+         * callback, the process descheduled) an answer may be waiting in the socket while
+         * the timeout fires: poll once more (1 ms, so not in this timer pass) before
+         * blaming the server. */
+        t->grace = true;
+        uv_timer_start(&t->timer, timer_cb, 1, 0);
+        return;
+    }
     if (t->attempt) {
         probe_abort(t, true); /* the timeout of the probe in flight */
         return;
     }
+    t->grace = false;
     t->started_ns = time_mono_ns();
     if (t->kind != HT_LB && t->type != CONF_PROBE_TCP) {
         ht_http_start(t);

@@ -170,6 +170,7 @@ struct ht_target {
     /* scheduling: the timer starts the next probe, or times out the one in flight */
     uv_timer_t timer;
     void *attempt; /* in-flight probe state, NULL when idle */
+    bool grace;    /* the timeout fired once; it ends the probe after one more I/O poll */
     uint64_t started_ns;
 };
 
