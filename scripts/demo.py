@@ -564,8 +564,8 @@ def cmd_start(d, out=print):
                 f"dig b -> {dig(d, 'b')}, wanted {want}\n" + "\n".join(
                     f"--- {n}\n{st.log_tail(n)}" for n in st.procs if "multisited" in n or
                     "syncd" in n))
-    except (RuntimeError, OSError) as e:
-        out(f"demo: start failed: {e}")
+    except (RuntimeError, OSError, KeyboardInterrupt) as e:
+        out(f"demo: start failed: {e or type(e).__name__}")
         st.stop_all()
         out("demo: stopped everything it had started")
         return 1
