@@ -277,8 +277,13 @@ def start_multisited(workdir, zones=None, v6=True, mode="config", extra_args=(),
         d = tempfile.mkdtemp(prefix="ms-", dir=workdir)
         if mode == "config":
             conf = os.path.join(d, "multisited.yaml")
+            ckw = dict(kw)
+            if "control-socket" not in ckw.get("extra", ""):
+                # Our own socket, never the system's /run/multisited.sock (the default).
+                ckw["extra"] = ckw.get("extra", "") + \
+                    f"  control-socket: {os.path.join(d, 'ctl.sock')}\n"
             with open(conf, "w") as f:
-                f.write(ms_config(port, zones, v6=v6, **kw))
+                f.write(ms_config(port, zones, v6=v6, **ckw))
             argv = [MULTISITED, "-c", conf]
         else:
             argv = [MULTISITED]
