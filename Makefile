@@ -83,7 +83,7 @@ run: deps
 
 # The two-site demo (docs/demo.md): everything in the background, pids and logs in run/demo/.
 demo: deps
-	$(MAKE) all
+	$(MAKE) -j$(shell nproc 2>/dev/null || echo 2) all
 	/usr/bin/python3 scripts/demo.py start --build $(BUILD)
 demo-stop:
 	/usr/bin/python3 scripts/demo.py stop
