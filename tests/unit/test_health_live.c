@@ -176,6 +176,10 @@ static void handle(conn_t *c)
         send_str(c, "HTTP/1.0 200 OK\r\n\r\nx", false);
         c->steps = 100;
         uv_timer_start(&c->timer, timer_step, 200, 200);
+    } else if (strcmp(path, "/garbage") == 0) {
+        send_str(c, "garbage, not HTTP\r\n\r\ndb-eu-1", true);
+    } else if (strcmp(path, "/badstatus") == 0) {
+        send_str(c, "HTTP/1.1 2x0 OK\r\nContent-Length: 7\r\n\r\ndb-eu-1", true);
     } else if (strcmp(path, "/silent") == 0) {
         /* never answers */
     } else if (strcmp(path, "/close") == 0) {
@@ -479,6 +483,10 @@ static const live_case_t cases[] = {
      "w: no response within 1000 ms"},
     {"http-close", WEB1("%W") CHECK("http", "/close", KW), NEED_NONE, HEALTH_DOWN,
      "w: connection closed without a response"},
+    {"http-garbage", WEB1("%W") CHECK("http", "/garbage", KW), NEED_NONE, HEALTH_DOWN,
+     "w: Received HTTP/0.9 when not allowed"},
+    {"http-bad-status-line", WEB1("%W") CHECK("http", "/badstatus", KW), NEED_NONE, HEALTH_DOWN,
+     "w: "},
     {"http-refused", WEB1("%R") CHECK("http", "/ok", KW), NEED_NONE, HEALTH_DOWN,
      "w: connection refused"},
     {"https-to-plain-http", WEB1("%W") CHECK("https", "/ok", KW), NEED_NONE, HEALTH_DOWN, "w: "},
