@@ -737,8 +737,12 @@ class Walk:
         self.steps[-1]["checks"].append({"check": what, "ok": bool(ok), "detail": detail})
         if not ok:
             self.failed += 1
-        detail = " ".join(str(detail).split())  # one line
+        lines = detail if isinstance(detail, list) else []
+        detail = "" if lines else " ".join(str(detail).split())  # one line
+        self.steps[-1]["checks"][-1]["detail"] = lines or detail
         self.out(f"   {'ok  ' if ok else 'FAIL'} {what}" + (f": {detail}" if detail else ""))
+        for line in lines:
+            self.out(f"          {line}")
         return ok
 
     def expect_dns(self, d, want, what, subnet=None, deadline=STEP_DEADLINE):
@@ -784,7 +788,7 @@ def cmd_failover(d, out=print):
                                      for i in range(len(d.web_ports))), STEP_DEADLINE))
         ok = wait_for(lambda: all(ms_ready(d, s) for s in SITES), STEP_DEADLINE)
         w.check("each multisited: its own site up by probes, the other by heartbeats",
-                ok, " | ".join(f"{s}'s multisitectl status: {ms_why(d, s)}" for s in SITES))
+                ok, [f"{s}'s multisitectl status: {ms_why(d, s)}" for s in SITES])
         w.expect_dns(d, [A, B], "a then b")
 
         w.step(f"a client in b's region ({ECS_B}, sent as EDNS Client Subnet) gets b, then a")
@@ -841,12 +845,12 @@ def cmd_failover(d, out=print):
                 failed[0][2] if failed else "")
         code, h, body = request(A, d.http_port, "GET", "/health", timeout=2)
         w.check(f"site a's HAProxy ({A}:{d.http_port}) serves nothing", code != 200,
-                f"{code} {body[:60]}".strip())
+                f"HTTP {code}" if code else f"connection closed ({body[:60]})")
         w.expect_dns(d, [B], "site a left out")
         w.check("a's multisited: site a down (its probes); b's: site a down (a's heartbeats)",
                 ms_view(d, "a") == {"a": "down", "b": "up"} and
                 ms_view(d, "b") == {"a": "down", "b": "up"},
-                " | ".join(f"{s}'s multisitectl status: {ms_why(d, s)}" for s in SITES))
+                [f"{s}'s multisitectl status: {ms_why(d, s)}" for s in SITES])
         w.expect_dns(d, [B], "b's region: b only", subnet=ECS_B)
 
         w.step("writes made at site b")
@@ -891,7 +895,7 @@ def cmd_failover(d, out=print):
                 f"{code} {h.get('x-served-by')}" if code == 200 else f"{code} {body[:80]}")
         ok = wait_for(lambda: all(ms_ready(d, s) for s in SITES), STEP_DEADLINE)
         w.check("both multisiteds: site a up again", ok,
-                " | ".join(f"{s}'s multisitectl status: {ms_why(d, s)}" for s in SITES))
+                [f"{s}'s multisitectl status: {ms_why(d, s)}" for s in SITES])
         w.expect_dns(d, [A, B], "a then b again")
         w.expect_dns(d, [B, A], "b's region: b then a again", subnet=ECS_B)
         # The client re-resolves when the TTL runs out and starts from the top again.
