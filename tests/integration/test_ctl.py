@@ -90,7 +90,8 @@ def ctl(env, *args, check=True):
     r = subprocess.run([CTL, "-s", env["sock"]] + list(args), capture_output=True, text=True,
                        timeout=30)
     if check:
-        assert r.returncode == 0, f"multisitectl {' '.join(args)}: {r.returncode} {r.stderr}"
+        assert r.returncode == 0, (f"multisitectl {' '.join(args)}: {r.returncode} {r.stderr}"
+                                   f"\nlog:\n{env['srv'].log_tail(80)}")
     return r
 
 

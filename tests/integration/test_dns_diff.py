@@ -1073,9 +1073,24 @@ def _framed(w):
     return struct.pack(">H", len(w)) + w
 
 
-def tcp_script(server, chunks, pause=0.02, wait=0.5, half_close=False):
-    """Write `chunks` one by one (pausing between), then read replies until EOF or `wait`
-    seconds of silence. Returns ([(id, rcode)...], closed_by_server)."""
+def _parse_stream(buf):
+    out = []
+    while len(buf) >= 2:
+        ln = struct.unpack(">H", buf[:2])[0]
+        if len(buf) < 2 + ln:
+            out.append(("partial", len(buf) - 2, ln))
+            break
+        msg = buf[2:2 + ln]
+        out.append((struct.unpack(">H", msg[:2])[0], msg[3] & 0xF))
+        buf = buf[2 + ln:]
+    return out
+
+
+def tcp_script(server, chunks, expect=0, pause=0.02, half_close=False):
+    """Write `chunks` one by one (pausing between), then read until `expect` complete replies
+    arrived (or EOF, or TIMEOUT), then 0.3 s more to catch extra replies or the server
+    closing. Waiting for the expected count first keeps a loaded machine from turning a slow
+    reply into a missing one. Returns ([(id, rcode)...], closed_by_server)."""
     with socket.create_connection((server.addr, server.port), timeout=TIMEOUT) as s:
         for i, c in enumerate(chunks):
             if i:
@@ -1083,9 +1098,18 @@ def tcp_script(server, chunks, pause=0.02, wait=0.5, half_close=False):
             s.sendall(c)
         if half_close:
             s.shutdown(socket.SHUT_WR)
-        s.settimeout(wait)
         buf, closed = b"", False
+        end = time.monotonic() + TIMEOUT
+        settle = None
         while True:
+            now = time.monotonic()
+            if settle is None and len([r for r in _parse_stream(buf)
+                                       if r[0] != "partial"]) >= expect:
+                settle = now + (0.3 if expect else 1.0)
+            left = (settle if settle is not None else end) - now
+            if left <= 0:
+                break
+            s.settimeout(left)
             try:
                 d = s.recv(65535)
             except socket.timeout:
@@ -1097,31 +1121,23 @@ def tcp_script(server, chunks, pause=0.02, wait=0.5, half_close=False):
                 closed = True
                 break
             buf += d
-    out = []
-    while len(buf) >= 2:
-        ln = struct.unpack(">H", buf[:2])[0]
-        if len(buf) < 2 + ln:
-            out.append(("partial", len(buf) - 2, ln))
-            break
-        msg = buf[2:2 + ln]
-        out.append((struct.unpack(">H", msg[:2])[0], msg[3] & 0xF))
-        buf = buf[2 + ln:]
-    return out, closed
+    return _parse_stream(buf), closed
 
 
 _W = _q(qid=7)
 _BAD = _hdr(qid=9) + b"\x07exam"          # truncated qname
 TCP_SCRIPTS = [
     # 5 ms per byte: the whole message within knotd's 500 ms tcp-io-timeout.
-    ("one-byte-at-a-time", [bytes([b]) for b in _framed(_W)], {"pause": 0.005}),
-    ("length-then-body", [_framed(_W)[:2], _framed(_W)[2:]], {}),
+    ("one-byte-at-a-time", [bytes([b]) for b in _framed(_W)], {"pause": 0.005, "expect": 1}),
+    ("length-then-body", [_framed(_W)[:2], _framed(_W)[2:]], {"expect": 1}),
     ("second-query-split", [_framed(_q(qid=1)) + _framed(_q(qid=2))[:5],
-                            _framed(_q(qid=2))[5:]], {}),
+                            _framed(_q(qid=2))[5:]], {"expect": 2}),
     ("three-in-one-write", [_framed(_q(qid=1)) + _framed(_q(qid=2, t="AAAA")) +
-                            _framed(_q("nonexistent.example.com", qid=3))], {}),
+                            _framed(_q("nonexistent.example.com", qid=3))], {"expect": 3}),
     ("half-close-after-queries", [_framed(_q(qid=1)) + _framed(_q(qid=2))],
-     {"half_close": True}),
-    ("QR-set-then-valid", [_framed(_q(qid=1, flags=0x8000)) + _framed(_q(qid=2))], {}),
+     {"half_close": True, "expect": 2}),
+    ("QR-set-then-valid", [_framed(_q(qid=1, flags=0x8000)) + _framed(_q(qid=2))],
+     {"expect": 1}),
     ("malformed-then-valid", [_framed(_BAD) + _framed(_q(qid=2))], {}),
     ("zero-length-message", [b"\x00\x00" + _framed(_q(qid=2))], {}),
     ("short-header", [_framed(b"\x00\x05\x00") + _framed(_q(qid=2))], {}),

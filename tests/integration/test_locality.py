@@ -54,6 +54,7 @@ GEO = {
     "100.64.0.0/16": ("DE", "EU", 52.5, 13.4),
     "2001:db8:5000::/48": ("FR", "EU", 48.9, 2.35),
     "2001:db8:6000::/48": ("US", "NA", 40.7, -74.0),
+    "2001:db8:7000::/48": ("CA", "NA", 43.7, -79.4),  # Canada: geoip.countries sends it to asia
 }
 
 PERL_SCRIPT = r"""
@@ -102,7 +103,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         time.sleep(self.server.delay)
         body = b"ok\n"
-        self.send_response(200)
+        self.send_response(getattr(self.server, "status", 200))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -153,6 +154,7 @@ def ms_yaml(web, mmdb):
         "geoip:\n"
         f"  database: {mmdb}\n"
         "  regions: {DE: europe, NA: america}\n"
+        "  countries: {CA: asia}\n"
         "names:\n"
         "  - name: geo.example.com\n"
         "    sites: [eu, us, ap]\n"
@@ -270,6 +272,8 @@ ECS_CASES = [
     ("2001:db8:5000::/48", ("eu", "us", "ap"), 48,
      "v6 GeoIP FR/EU unmapped: nearest site eu (Paris-Berlin), then us, ap"),
     ("2001:db8:6000:1::/64", ("us", "eu", "ap"), 48, "v6 GeoIP US -> america, scope 48"),
+    ("2001:db8:7000::/56", ("ap", "eu", "us"), 48,
+     "v6 GeoIP CA: geoip.countries (asia) beats the continent NA (america)"),
     ("100.100.0.0/16", ("eu", "us", "ap"), 11,
      "nowhere: configured order; scope 11 (the GeoIP tree's empty /11)"),
 ]
@@ -295,7 +299,8 @@ def test_ecs_locality(env, prefix, order, scope, what):
 
 def test_geoip_country_code_not_taken_for_continent(env):
     """geoip.regions 'NA: america' means the continent North America (as in
-    examples/cluster-eu.yaml); Namibia's country code is also NA. A Namibian client (continent AF, unmapped)
+    examples/cluster-eu.yaml: continent codes in geoip.regions are continents); Namibia's
+    country code is also NA. A Namibian client (continent AF, unmapped)
     must not be sent to america: nearest site by location is eu (Windhoek-Berlin)."""
     r = query(env[0], "geo.example.com.", ecs="192.0.2.128/25")
     got = [ADDR.get(x, x) for x in addrs(r)]
@@ -415,4 +420,80 @@ def test_bad_geoip_database_refused(workdir):
     p = subprocess.run([MULTISITED, "-c", conf, "-t"], capture_output=True, text=True,
                        timeout=30)
     assert p.returncode != 0 and "geoip.database" in (p.stdout + p.stderr), \
+        f"rc {p.returncode}: {p.stdout}{p.stderr}"
+
+
+def test_state_aware_ttl_through_probes(workdir):
+    """B1 through the real path: while a site's probes are inside a fall (or rise) window,
+    the name's answers carry ttl-min; once the verdict settles, ttl again. Site b's web server
+    answers 500 (a failure at each probe, not a refusal, which is confirmed at once), then 200
+    again. fall 4 / rise 3 at 300 ms make each window about a second; we poll every 20 ms."""
+    web = {n: WebServer(0.0) for n in ("a", "b")}
+    srv = None
+    name = "ttl.example.com."
+    try:
+        def make(port):
+            sd = tempfile.mkdtemp(prefix="ms-ttl-", dir=workdir)
+            conf = os.path.join(sd, "multisited.yaml")
+            sites = "".join(
+                f"  - name: {n}\n    addresses: [{a}]\n"
+                f"    web-servers: [127.0.0.1:{web[n].port}]\n"
+                "    web-check: {interval: 300ms, timeout: 1s, rise: 3, fall: 4}\n"
+                for n, a in (("a", "192.0.2.1"), ("b", "192.0.2.2")))
+            with open(conf, "w") as f:
+                f.write(ms_config(port, ZONES, v6=False) + "sites:\n" + sites +
+                        "names:\n  - name: ttl.example.com\n    sites: [a, b]\n"
+                        "    ttl: 30\n    ttl-min: 3\n")
+            return Server("multisited", [MULTISITED, "-c", conf], port, sd, ["127.0.0.1"])
+        srv = _start_with_retry(make)
+
+        def state():
+            r = query(srv, name, edns=False)
+            return addrs(r), (r.answer[0].ttl if r.answer else None)
+
+        both, only_a = ["192.0.2.1", "192.0.2.2"], ["192.0.2.1"]
+        wait_for(lambda: state() == (both, 30), DEADLINE, f"a, b with ttl 30 (now {state()})")
+        web["b"].httpd.status = 500
+        wait_for(lambda: state() == (both, 3), DEADLINE,
+                 f"b failing, not yet down: ttl-min 3 (now {state()})", interval=0.02)
+        wait_for(lambda: state() == (only_a, 30), DEADLINE,
+                 f"b down, settled: a only, ttl 30 (now {state()})")
+        web["b"].httpd.status = 200
+        wait_for(lambda: state() == (only_a, 3), DEADLINE,
+                 f"b rising, not yet up: ttl-min 3 (now {state()})", interval=0.02)
+        wait_for(lambda: state() == (both, 30), DEADLINE,
+                 f"b up again: a, b, ttl 30 (now {state()})")
+    finally:
+        if srv:
+            rc = srv.stop()
+            assert rc == 0, f"multisited exited {rc}:\n{srv.log_tail()}"
+        for w in web.values():
+            w.stop()
+
+
+@pytest.mark.parametrize("geo,msg", [
+    ("  continents: {XX: europe}\n", "geoip.continents"),
+    ("  continents: {DE: europe}\n", "geoip.continents"),
+    ("  countries: {NAM: europe}\n", "geoip.countries"),
+    ("  countries: {DE: nowhere}\n", "geoip.countries"),
+    ("  countries: {CA: asia}\n  regions: {D1: europe}\n", "geoip.regions"),
+    ("  colour: blue\n", "geoip.colour"),
+], ids=["continent XX", "continent DE", "country NAM", "unknown region", "code D1",
+        "unknown key"])
+def test_geoip_config_errors(workdir, geo, msg):
+    """Bad geoip maps are refused at config check, naming the option."""
+    d = tempfile.mkdtemp(prefix="geoconf-", dir=workdir)
+    mmdb = os.path.join(d, "ok.mmdb")
+    build_mmdb(mmdb)
+    web = {n: type("W", (), {"port": 9})() for n in SITES}
+    text = ms_config(1, ZONES, v6=False) + ms_yaml(web, mmdb)
+    text = text.replace("  countries: {CA: asia}\n", geo)
+    if "regions: {D1" in geo:
+        text = text.replace("  regions: {DE: europe, NA: america}\n", "")
+    conf = os.path.join(d, "multisited.yaml")
+    with open(conf, "w") as f:
+        f.write(text)
+    p = subprocess.run([MULTISITED, "-c", conf, "-t"], capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode != 0 and msg in (p.stdout + p.stderr), \
         f"rc {p.returncode}: {p.stdout}{p.stderr}"

@@ -21,6 +21,29 @@ COLS = ["a", "b", "c", "d", "e"]
 NROWS = 40
 
 
+def version_after_write(con, rid):
+    """(cl, v_a, s_a, ...) of row rid as of this transaction: the change table as folded so
+    far plus the capture log entries not folded yet (the agent folds them later, the same
+    way)."""
+    site = con.execute("SELECT site FROM rep_meta").fetchone()[0]
+    row = con.execute("SELECT cl, %s FROM rep_c_items WHERE id = ?" %
+                      ", ".join("v_%s, s_%s" % (x, x) for x in COLS), (rid,)).fetchone()
+    row = list(row) if row else [0] + [None] * (2 * len(COLS))
+    found = row[0] != 0
+    for seq, op, mask in con.execute("SELECT seq, op, mask FROM rep_l_items WHERE id = ? "
+                                     "ORDER BY seq", (rid,)):
+        if op == 3:
+            row[0] = row[0] + 1 if row[0] % 2 == 1 else (row[0] if found else 2)
+        else:
+            if op == 1 or not found:
+                row[0] = row[0] + 1 if row[0] % 2 == 0 else row[0]
+            for i in range(len(COLS)):
+                if mask >> i & 1:
+                    row[1 + 2 * i], row[2 + 2 * i] = seq, site
+        found = True
+    return row
+
+
 def run_once(tmp_path, seed, nsites, duration):
     rnd = random.Random(seed)
     c = Cluster(tmp_path, nsites, proxies=True, extra="  batch_rows: %d\n" % rnd.choice([3, 50,
@@ -57,9 +80,7 @@ def run_once(tmp_path, seed, nsites, duration):
                 else:
                     con.execute("DELETE FROM items WHERE id = ?", (rid,))
                     changed = []
-                row = con.execute("SELECT cl, %s FROM rep_c_items WHERE id = ?" %
-                                  ", ".join("v_%s, s_%s" % (x, x) for x in COLS),
-                                  (rid,)).fetchone()
+                row = version_after_write(con, rid)
                 cur = con.execute("SELECT %s FROM items WHERE id = ?" % ", ".join(COLS),
                                   (rid,)).fetchone()
                 con.execute("COMMIT")
