@@ -85,7 +85,7 @@ static void printable(char *out, size_t size, const char *p, size_t n)
 static bool parse_num(span_t s, uint64_t *out)
 {
     uint64_t v = 0;
-    if (s.n > 18) {
+    if (s.n > 12) { /* sessions and limits; bounded so that sums cannot overflow */
         return false;
     }
     for (size_t i = 0; i < s.n; i++) {
@@ -105,11 +105,6 @@ static bool status_up(span_t st)
     return (span_prefix(st, "UP") && (st.n == 2 || st.p[2] == ' ')) || span_eq(st, "no check");
 }
 
-typedef struct {
-    uint64_t scur_lim, slim, scur_all;
-    bool any_limit;
-} load_acc_t;
-
 /* "web1 DOWN L4CON" for a server that is not UP. The names come from the network: control
  * characters are replaced (they end up in logs), and each part is cut at 48 bytes. */
 static void note_down(char *buf, size_t size, const span_t *v)
@@ -126,13 +121,132 @@ static void note_down(char *buf, size_t size, const span_t *v)
     hs_appendf(buf, size, "%s%s %s%s%s", buf[0] ? ", " : "", sv, st, ck[0] ? " " : "", ck);
 }
 
+/* The parse in progress. */
+typedef struct {
+    const char *web_be, *db_be;
+    int col_of[HP_MAX_COLUMNS]; /* column index -> C_*, or -1 */
+    int have[C_N];              /* C_* -> column index, or -1 */
+    size_t need;                /* fields a row must have */
+    hp_stat_t *out;
+    uint64_t scur_lim, slim, scur_all; /* load sums over UP web servers */
+    bool any_limit;
+    health_state_t db_backend_row;
+    unsigned db_up, db_servers;
+    char *err;
+    size_t errlen;
+} hp_ctx_t;
+
+/* The header line (without "# " and "\n"): which column is which. */
+static int parse_header(hp_ctx_t *x, const char *p, const char *nl)
+{
+    size_t ncol = 0;
+    for (int k = 0; k < C_N; k++) {
+        x->have[k] = -1;
+    }
+    for (size_t i = 0; i < HP_MAX_COLUMNS; i++) {
+        x->col_of[i] = -1;
+    }
+    for (;; ncol++) {
+        const char *c = memchr(p, ',', (size_t)(nl - p));
+        span_t name = {p, (size_t)((c ? c : nl) - p)};
+        if (ncol >= HP_MAX_COLUMNS) {
+            snprintf(x->err, x->errlen, "header has more than %d columns", HP_MAX_COLUMNS);
+            return MS_EPARSE;
+        }
+        for (int k = 0; k < C_N; k++) {
+            if (x->have[k] < 0 && span_eq(name, col_names[k])) {
+                x->have[k] = (int)ncol;
+                x->col_of[ncol] = k;
+            }
+        }
+        if (!c) {
+            break;
+        }
+        p = c + 1;
+    }
+    for (int k = 0; k < C_N; k++) {
+        if (x->have[k] < 0 && col_required[k]) {
+            snprintf(x->err, x->errlen, "header lacks column '%s'", col_names[k]);
+            return MS_EPARSE;
+        }
+        if (x->have[k] >= 0 && (size_t)x->have[k] + 1 > x->need) {
+            x->need = (size_t)x->have[k] + 1;
+        }
+    }
+    return 0;
+}
+
+/* A server of the web backend: counts, load sums, the detail of one that is not UP. */
+static int web_server(hp_ctx_t *x, const span_t *v, bool up, unsigned line)
+{
+    uint64_t scur = 0, slim = 0;
+    for (int k = C_SCUR; k <= C_SLIM; k++) {
+        if (!parse_num(v[k], k == C_SCUR ? &scur : &slim)) {
+            char snip[32];
+            printable(snip, sizeof(snip), v[k].p, v[k].n);
+            snprintf(x->err, x->errlen, "line %u: bad %s '%s'", line, col_names[k], snip);
+            return MS_EPARSE;
+        }
+    }
+    x->out->web_total++;
+    if (!up) {
+        note_down(x->out->web_down, sizeof(x->out->web_down), v);
+        return 0;
+    }
+    x->out->web_up++;
+    x->scur_all += scur;
+    if (slim > 0) {
+        x->any_limit = true;
+        x->scur_lim += scur;
+        x->slim += slim;
+    }
+    return 0;
+}
+
+/* One row (line number `line`, for errors). */
+static int parse_row(hp_ctx_t *x, const char *ls, const char *e, unsigned line)
+{
+    span_t v[C_N];
+    memset(v, 0, sizeof(v));
+    size_t nf = split_line(ls, e, x->col_of, v);
+    if (nf < x->need) {
+        snprintf(x->err, x->errlen, "line %u: truncated (%zu fields, need %zu)", line, nf, x->need);
+        return MS_EPARSE;
+    }
+    x->out->rows++;
+    /* type: 0 frontend, 1 backend, 2 server, 3 listener; without it, go by svname */
+    bool typed = x->have[C_TYPE] >= 0;
+    bool is_server = typed ? span_eq(v[C_TYPE], "2")
+                           : !span_eq(v[C_SVNAME], "FRONTEND") && !span_eq(v[C_SVNAME], "BACKEND");
+    bool is_backend = typed ? span_eq(v[C_TYPE], "1") : span_eq(v[C_SVNAME], "BACKEND");
+    bool up = status_up(v[C_STATUS]);
+    if (x->db_be && span_eq(v[C_PXNAME], x->db_be)) {
+        x->out->db_found = true;
+        if (is_backend) {
+            x->db_backend_row = up ? HEALTH_UP : HEALTH_DOWN;
+        } else if (is_server) {
+            x->db_servers++;
+            x->db_up += up;
+            if (!up) {
+                note_down(x->out->db_detail, sizeof(x->out->db_detail), v);
+            }
+        }
+    }
+    if (!span_eq(v[C_PXNAME], x->web_be)) {
+        return 0;
+    }
+    x->out->web_found = true;
+    return is_server ? web_server(x, v, up, line) : 0;
+}
+
 int hp_parse_stat(const char *data, size_t len, const char *web_be, const char *db_be,
                   hp_stat_t *out, char *err, size_t errlen)
 {
-    int col_of[HP_MAX_COLUMNS]; /* column index -> C_* (4 KiB of stack) */
+    hp_ctx_t x = {.web_be = web_be, .db_be = db_be, .out = out, .err = err, .errlen = errlen};
     memset(out, 0, sizeof(*out));
     out->db = HEALTH_UNKNOWN;
     out->load = -1.0;
+    x.db_backend_row = HEALTH_UNKNOWN;
     err[0] = '\0';
     const char *end = data + len;
     const char *nl = memchr(data, '\n', len);
@@ -142,55 +256,14 @@ int hp_parse_stat(const char *data, size_t len, const char *web_be, const char *
         snprintf(err, errlen, "no CSV header line (got '%s')", snip);
         return MS_EPARSE;
     }
-    /* header */
-    int have[C_N];
-    for (int c = 0; c < C_N; c++) {
-        have[c] = -1;
+    if (parse_header(&x, data + 2, nl) != 0) {
+        return MS_EPARSE;
     }
-    size_t ncol = 0;
-    for (const char *p = data + 2;; ncol++) {
-        const char *c = memchr(p, ',', (size_t)(nl - p));
-        const char *fe = c ? c : nl;
-        if (ncol >= HP_MAX_COLUMNS) {
-            snprintf(err, errlen, "header has more than %d columns", HP_MAX_COLUMNS);
-            return MS_EPARSE;
-        }
-        col_of[ncol] = -1;
-        for (int k = 0; k < C_N; k++) {
-            span_t s = {p, (size_t)(fe - p)};
-            if (have[k] < 0 && span_eq(s, col_names[k])) {
-                have[k] = (int)ncol;
-                col_of[ncol] = k;
-            }
-        }
-        if (!c) {
-            ncol++;
-            break;
-        }
-        p = c + 1;
-    }
-    size_t need = 0;
-    for (int k = 0; k < C_N; k++) {
-        if (have[k] < 0 && col_required[k]) {
-            snprintf(err, errlen, "header lacks column '%s'", col_names[k]);
-            return MS_EPARSE;
-        }
-        if (have[k] >= 0 && (size_t)have[k] + 1 > need) {
-            need = (size_t)have[k] + 1;
-        }
-    }
-    for (size_t i = ncol; i < HP_MAX_COLUMNS; i++) {
-        col_of[i] = -1;
-    }
-
-    load_acc_t la = {0};
-    health_state_t db_backend_row = HEALTH_UNKNOWN;
-    unsigned db_up = 0, db_servers = 0;
-    unsigned line = 1;
+    unsigned line = 2;
     for (const char *p = nl + 1; p < end; line++) {
         const char *e = memchr(p, '\n', (size_t)(end - p));
         if (!e) {
-            snprintf(err, errlen, "truncated output: line %u has no end", line + 1);
+            snprintf(err, errlen, "truncated output: line %u has no end", line);
             return MS_EPARSE;
         }
         const char *ls = p;
@@ -198,64 +271,15 @@ int hp_parse_stat(const char *data, size_t len, const char *web_be, const char *
         if (e == ls || *ls == '#') {
             continue; /* the final empty line; comments */
         }
-        span_t v[C_N];
-        memset(v, 0, sizeof(v));
-        size_t nf = split_line(ls, e, col_of, v);
-        if (nf < need) {
-            snprintf(err, errlen, "line %u: truncated (%zu fields, need %zu)", line + 1, nf, need);
+        if (parse_row(&x, ls, e, line) != 0) {
             return MS_EPARSE;
-        }
-        out->rows++;
-        bool is_server = have[C_TYPE] >= 0 ? span_eq(v[C_TYPE], "2")
-                                           : !span_eq(v[C_SVNAME], "FRONTEND") &&
-                                                 !span_eq(v[C_SVNAME], "BACKEND");
-        bool is_backend =
-            have[C_TYPE] >= 0 ? span_eq(v[C_TYPE], "1") : span_eq(v[C_SVNAME], "BACKEND");
-        bool up = status_up(v[C_STATUS]);
-        if (db_be && span_eq(v[C_PXNAME], db_be)) {
-            out->db_found = true;
-            if (is_backend) {
-                db_backend_row = up ? HEALTH_UP : HEALTH_DOWN;
-            } else if (is_server) {
-                db_servers++;
-                db_up += up;
-                if (!up) {
-                    note_down(out->db_detail, sizeof(out->db_detail), v);
-                }
-            }
-        }
-        if (!span_eq(v[C_PXNAME], web_be)) {
-            continue;
-        }
-        out->web_found = true;
-        if (!is_server) {
-            continue;
-        }
-        uint64_t scur = 0, slim = 0;
-        if (!parse_num(v[C_SCUR], &scur) || !parse_num(v[C_SLIM], &slim)) {
-            char snip[32];
-            printable(snip, sizeof(snip), v[C_SCUR].p, v[C_SCUR].n);
-            snprintf(err, errlen, "line %u: bad scur/slim '%s'", line + 1, snip);
-            return MS_EPARSE;
-        }
-        out->web_total++;
-        if (!up) {
-            note_down(out->web_down, sizeof(out->web_down), v);
-            continue;
-        }
-        out->web_up++;
-        la.scur_all += scur;
-        if (slim > 0) {
-            la.any_limit = true;
-            la.scur_lim += scur;
-            la.slim += slim;
         }
     }
-    if (have[C_SCUR] >= 0 && out->web_up > 0) {
-        out->load = la.any_limit ? (double)la.scur_lim / (double)la.slim : (double)la.scur_all;
+    if (x.have[C_SCUR] >= 0 && out->web_up > 0) {
+        out->load = x.any_limit ? (double)x.scur_lim / (double)x.slim : (double)x.scur_all;
     }
     if (out->db_found) {
-        out->db = db_servers ? (db_up ? HEALTH_UP : HEALTH_DOWN) : db_backend_row;
+        out->db = x.db_servers ? (x.db_up ? HEALTH_UP : HEALTH_DOWN) : x.db_backend_row;
     }
     return 0;
 }
