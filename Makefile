@@ -105,7 +105,8 @@ integration: $(PROGS)
 
 # The DNS integration tests once more against the ASan+UBSan daemon: real traffic through the
 # sanitizers, and LeakSanitizer at exit (the tests require a clean exit status).
-ASAN_INTEGRATION := tests/integration/test_dns_diff.py tests/integration/test_server.py
+ASAN_INTEGRATION := tests/integration/test_dns_diff.py tests/integration/test_server.py \
+	tests/integration/test_ctl.py
 integration-asan: $(PROGS)
 	MS_BUILD=$(abspath $(BUILD)) /usr/bin/python3 -m pytest -q -p no:cacheprovider $(ASAN_INTEGRATION)
 

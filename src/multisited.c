@@ -331,13 +331,18 @@ int main(int argc, char **argv)
         return 1;
     }
     loop = uv_default_loop();
+    /* From here on `s` may be replaced (and freed after a grace period) by the snapshots
+     * the cluster publishes; the config and zones it points to are shared and stay. */
+    const conf_t *conf = s->conf;
+    const zone_db_t *zones = s->zones;
+    s = NULL;
     if (cluster_new(loop, &cluster) != 0) {
         dns_server_stop(server);
         snap_shutdown();
         return 1;
     }
-    if (s->conf->control_socket && *s->conf->control_socket &&
-        ctl_server_new(loop, s->conf->control_socket, on_ctl, NULL, &ctl) != 0) {
+    if (conf->control_socket && *conf->control_socket &&
+        ctl_server_new(loop, conf->control_socket, on_ctl, NULL, &ctl) != 0) {
         log_warn("running without a control socket (multisitectl will not reach this daemon)");
     }
     uv_signal_t sig_hup, sig_term, sig_int;
@@ -349,13 +354,12 @@ int main(int argc, char **argv)
     uv_signal_start(&sig_int, on_stop, SIGINT);
     {
         char ab[NET_ADDR_STRLEN];
-        const conf_t *c = s->conf;
-        for (size_t i = 0; i < c->listen.n; i++) {
+        for (size_t i = 0; i < conf->listen.n; i++) {
             log_info("listening on %s (UDP x%u, TCP)",
-                     net_addr_str(&c->listen.v[i], ab, sizeof(ab)), c->udp_threads);
+                     net_addr_str(&conf->listen.v[i], ab, sizeof(ab)), conf->udp_threads);
         }
-        log_info("ready: %zu zones, generation %llu", zone_db_count(s->zones),
-                 (unsigned long long)s->generation);
+        log_info("ready: %zu zones, generation %llu", zone_db_count(zones),
+                 (unsigned long long)snap_current()->generation);
     }
     uv_run(loop, UV_RUN_DEFAULT);
     cluster_free(cluster);

@@ -88,9 +88,10 @@ void admin_load(cluster_t *c, const char *path)
         if (line[0] == '#' || line[0] == '\n') {
             continue;
         }
-        char site[64], drain[8], force[8];
+        char site[64], drain[8], force[8], last[8] = "unknown";
         unsigned long long until;
-        if (sscanf(line, "%63s drain %7s force %7s %llu", site, drain, force, &until) != 4) {
+        if (sscanf(line, "%63s drain %7s force %7s %llu last %7s", site, drain, force, &until,
+                   last) < 4) {
             log_warn("%s:%d: ignored (not SITE drain X force Y UNTIL)", path, lineno);
             continue;
         }
@@ -105,7 +106,8 @@ void admin_load(cluster_t *c, const char *path)
                    : strcmp(force, "down") == 0 ? ADMIN_FORCE_DOWN
                                                 : ADMIN_FORCE_NONE;
         a->force_until = until;
-        log_info("state file: site %s drain %s force %s", site, drain, force);
+        a->last = strcmp(last, "up") == 0 ? 1 : strcmp(last, "down") == 0 ? 2 : 0;
+        log_info("state file: site %s drain %s force %s last known %s", site, drain, force, last);
     }
     fclose(f);
 }

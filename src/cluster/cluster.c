@@ -83,6 +83,39 @@ void cluster_site_view(cluster_t *c, size_t i, site_view_t *v)
         break;
     default: v->up = probe_up; break;
     }
+    /* Nothing fresh yet (just started): answer from the last known state, not from nothing. */
+    bool fresh = cs->monitor == CONF_MONITOR_HEARTBEAT ? hb && hb->last_rx_ms
+                 : cs->monitor == CONF_MONITOR_BOTH
+                     ? (hs && hs->state != HEALTH_UNKNOWN) || (hb && hb->last_rx_ms)
+                     : hs && hs->state != HEALTH_UNKNOWN;
+    const admin_t *a = admin_find(c, cs->name, false);
+    if (!fresh && a && a->last) {
+        v->up = a->last == 1;
+    }
+}
+
+/* Remember each site's availability in the state file when it changes. */
+static void remember(cluster_t *c, const conf_t *conf)
+{
+    const snap_t *cur = snap_current();
+    if (!cur || !cur->conf->state_file || !*cur->conf->state_file) {
+        return;
+    }
+    bool changed = false;
+    for (size_t i = 0; i < conf->n_sites; i++) {
+        site_view_t v;
+        cluster_site_view(c, i, &v);
+        bool fresh = (v.hs && v.hs->state != HEALTH_UNKNOWN) || (v.hb && v.hb->last_rx_ms);
+        admin_t *a = admin_find(c, conf->sites[i].name, true);
+        int now = v.up ? 1 : 2;
+        if (fresh && a && a->last != now) {
+            a->last = now;
+            changed = true;
+        }
+    }
+    if (changed) {
+        admin_save(c);
+    }
 }
 
 static void expire_forces(cluster_t *c)
@@ -142,6 +175,7 @@ void cluster_publish(cluster_t *c, bool force)
             }
         }
     }
+    remember(c, conf);
     snap_state_t st = {up, load, rtt, changing, safe, drained};
     snap_t *s = snap_derive(cur, &st);
     log_changes(cur, s);

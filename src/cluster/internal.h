@@ -18,6 +18,8 @@ typedef struct {
     int drain;
     int force;
     uint64_t force_until; /* wall ms; 0 = until cleared */
+    int last;             /* last known availability: 0 unknown, 1 up, 2 down (persisted, so
+                           * a restart answers from it until fresh results arrive) */
 } admin_t;
 
 struct cluster {
