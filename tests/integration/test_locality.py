@@ -15,6 +15,7 @@ delays). Load ordering needs HAProxy sessions and is covered by tests/unit/test_
 import http.server
 import math
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -85,18 +86,19 @@ close $fh or die;
 """
 
 
-def build_mmdb(path):
+def build_mmdb(path, geo=None):
     script = path + ".pl"
     with open(script, "w") as f:
         f.write(PERL_SCRIPT)
-    args = [f"{n},{cc},{ct},{lat},{lon}" for n, (cc, ct, lat, lon) in GEO.items()]
+    args = [f"{n},{cc},{ct},{lat},{lon}" for n, (cc, ct, lat, lon) in (geo or GEO).items()]
     p = subprocess.run([PERL, script, path] + args, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, f"building the GeoIP database failed (libmaxmind-db-writer-perl, " \
                               f"scripts/deps.sh):\n{p.stderr}"
     # The fixture itself, read back with libmaxminddb's own tool (the library we link).
     p = subprocess.run([MMDBLOOKUP, "--file", path, "--ip", "198.51.100.7", "country",
                         "iso_code"], capture_output=True, text=True, timeout=10)
-    assert p.returncode == 0 and '"DE"' in p.stdout, f"mmdblookup: {p.stdout}{p.stderr}"
+    want = (geo or GEO)["198.51.100.0/24"][0]
+    assert p.returncode == 0 and f'"{want}"' in p.stdout, f"mmdblookup: {p.stdout}{p.stderr}"
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -497,3 +499,42 @@ def test_geoip_config_errors(workdir, geo, msg):
                        timeout=30)
     assert p.returncode != 0 and msg in (p.stdout + p.stderr), \
         f"rc {p.returncode}: {p.stdout}{p.stderr}"
+
+
+def test_reload_new_geoip_database(workdir):
+    """SIGHUP after the database file is replaced (atomically, as geoipupdate does): answers
+    follow the new data at once; the per-thread GeoIP caches do not serve the old class."""
+    d = tempfile.mkdtemp(prefix="georeload-", dir=workdir)
+    mmdb = os.path.join(d, "city.mmdb")
+    build_mmdb(mmdb)
+    web = {n: WebServer(0.0) for n in SITES}
+    srv = None
+    try:
+        def make(port):
+            sd = tempfile.mkdtemp(prefix="ms-", dir=d)
+            conf = os.path.join(sd, "multisited.yaml")
+            with open(conf, "w") as f:
+                f.write(ms_config(port, ZONES, v6=False) + ms_yaml(web, mmdb))
+            return Server("multisited", [MULTISITED, "-c", conf], port, sd, ["127.0.0.1"])
+        srv = _start_with_retry(make)
+        europe, america = order_of("eu", "ap", "us"), order_of("us", "eu", "ap")
+        # Fill every UDP thread's cache with the DE answer (many queries, many source ports).
+        for _ in range(50):
+            assert first_order(srv, "geo.example.com.", ecs="198.51.100.0/25") == europe
+        new = dict(GEO)
+        new["198.51.100.0/24"] = ("US", "NA", 40.7, -74.0)
+        tmp = os.path.join(d, "city.mmdb.new")
+        build_mmdb(tmp, new)
+        os.rename(tmp, mmdb)
+        srv.signal(signal.SIGHUP)
+        wait_for(lambda: first_order(srv, "geo.example.com.", ecs="198.51.100.0/25") == america,
+                 DEADLINE, "the new GeoIP data after SIGHUP")
+        for _ in range(50):
+            assert first_order(srv, "geo.example.com.", ecs="198.51.100.0/25") == america
+        assert srv.alive()
+    finally:
+        if srv:
+            rc = srv.stop()
+            assert rc == 0, f"multisited exited {rc}:\n{srv.log_tail()}"
+        for w in web.values():
+            w.stop()
