@@ -409,6 +409,24 @@ def test_rtt_order_through_probes(env):
         time.sleep(0.05)
 
 
+def test_rtt_order_follows_changes(env):
+    """Response times change: eu becomes fast (0 ms), us slow (150 ms), ap stays at 60 ms.
+    The EWMA (0.3 per probe, a probe every 200 ms) crosses the 50 ms bands within about two
+    seconds; the answer must follow: eu, ap, us. Nothing else about the sites changes."""
+    srv, web = env[0], env[1]
+    want_before = order_of("us", "ap", "eu")
+    wait_for(lambda: first_order(srv, "rtt.example.com.") == want_before, DEADLINE,
+             "the initial rtt order us, ap, eu")
+    try:
+        web["eu"].httpd.delay, web["us"].httpd.delay = 0.0, 0.150
+        want = order_of("eu", "ap", "us")
+        wait_for(lambda: first_order(srv, "rtt.example.com.") == want, DEADLINE,
+                 f"rtt order eu, ap, us after the delays changed (now "
+                 f"{[ADDR.get(x, x) for x in first_order(srv, 'rtt.example.com.')]})")
+    finally:
+        web["eu"].httpd.delay, web["us"].httpd.delay = DELAY["eu"], DELAY["us"]
+
+
 def test_bad_geoip_database_refused(workdir):
     """A file that is not a MaxMind DB: the config check fails naming geoip.database."""
     d = tempfile.mkdtemp(prefix="badgeo-", dir=workdir)
