@@ -28,6 +28,7 @@
 #include "sync/internal.h"
 
 #include <sqlite3.h>
+#include <time.h>
 
 typedef struct {
     char *name;
@@ -35,7 +36,7 @@ typedef struct {
     char **cols; /* npk pk names (pk order), then value columns sorted by name */
     sync_wtable_t w;
     uint8_t fp[16];
-    sqlite3_stmt *read, *clk_get, *clk_put, *clk_upd, *row_get, *row_del;
+    sqlite3_stmt *read, *clk_get, *clk_put, *clk_upd, *row_get, *row_del, *log_sel, *log_del;
 } sq_table_t;
 
 typedef struct {
@@ -46,6 +47,7 @@ typedef struct {
     int64_t data_version;
     int schema_version;
     uint32_t site;
+    char *floor_sql; /* the capture triggers' position expression, over every table's log */
     sqlite3_stmt *inb_get, *inb_put, *conflict_ins, *quar_ins, *hlc_bump;
 } sq_db_t;
 
@@ -109,6 +111,8 @@ static void table_free(sq_table_t *t)
     sqlite3_finalize(t->clk_get);
     sqlite3_finalize(t->clk_put);
     sqlite3_finalize(t->clk_upd);
+    sqlite3_finalize(t->log_sel);
+    sqlite3_finalize(t->log_del);
     sqlite3_finalize(t->row_get);
     sqlite3_finalize(t->row_del);
     memset(t, 0, sizeof(*t));
@@ -267,6 +271,13 @@ static int ensure_clock(sq_db_t *s, const sq_table_t *t, char **decl)
                ")) WITHOUT ROWID; CREATE INDEX IF NOT EXISTS \"rep_c_%s_seq\" ON "
                "\"rep_c_%s\"(seq);",
                t->name, t->name);
+    /* The capture log: the triggers only append here (one page, the rightmost), and the
+     * agent folds it into rep_c_T (see fold()). */
+    buf_printf(&b, "CREATE TABLE IF NOT EXISTS \"rep_l_%s\"(seq INTEGER PRIMARY KEY", t->name);
+    for (unsigned k = 0; k < t->npk; k++) {
+        buf_printf(&b, ", \"%s\" %s", t->cols[k], decl[k]);
+    }
+    buf_printf(&b, ", op INTEGER NOT NULL, mask INTEGER NOT NULL);");
     int rc = exec(s, cstr(&b));
     /* Version columns are added one by one so that a column added to T later only adds its
      * four columns here: no backfill, an absent version is "none". */
@@ -294,110 +305,61 @@ static int ensure_clock(sq_db_t *s, const sq_table_t *t, char **decl)
     return rc;
 }
 
-static void trig_ins(buf_t *b, const sq_table_t *t)
+enum { OP_INSERT = 1, OP_UPDATE = 2, OP_DELETE = 3 };
+
+/* Capture triggers: one append to rep_l_T per changed row. The position is
+ *   max(now_ms << 16, rep_meta.hlc + 1, max(seq) of every table's log + 1)
+ * computed inside the write transaction: SQLite has one writer at a time, so positions
+ * increase in commit order, and they exceed every version applied here (rep_meta.hlc). */
+static void trig_one(buf_t *b, const sq_db_t *s, const sq_table_t *t, const char *when,
+                     const char *row, int op)
 {
+    static const char *const names[] = {"", "ai", "au", "ad"};
+    static const char *const events[] = {"", "INSERT", "UPDATE", "DELETE"};
     uint64_t all = t->ncols >= 64 ? ~0ull : ((1ull << t->ncols) - 1);
     buf_printf(b,
-               "CREATE TRIGGER \"rep_ai_%s\" AFTER INSERT ON \"%s\" WHEN NOT EXISTS "
-               "(SELECT 1 FROM rep_ctx) BEGIN UPDATE rep_meta SET hlc = " HLC_SQL "; "
-               "INSERT INTO \"rep_c_%s\"(",
-               t->name, t->name, t->name);
-    pk_list(b, t, "");
-    buf_printf(b, ", seq, mask, cl, clh, cls");
-    for (unsigned c = t->npk; c < t->npk + t->ncols; c++) {
-        buf_printf(b, ", \"v_%s\", \"s_%s\"", t->cols[c], t->cols[c]);
+               "CREATE TRIGGER \"rep_%s_%s\" AFTER %s ON \"%s\" WHEN NOT EXISTS (SELECT 1 FROM "
+               "rep_ctx)%s BEGIN INSERT INTO \"rep_l_%s\" VALUES(%s",
+               names[op], t->name, events[op], t->name, when, t->name, s->floor_sql);
+    for (unsigned k = 0; k < t->npk; k++) {
+        buf_printf(b, ", %s.\"%s\"", row, t->cols[k]);
     }
-    buf_printf(b, ") SELECT ");
-    pk_list(b, t, "NEW.");
-    buf_printf(b, ", m.hlc, %lld, 1, m.hlc, m.site", (long long)all);
-    for (unsigned c = 0; c < t->ncols; c++) {
-        buf_printf(b, ", m.hlc, m.site");
+    buf_printf(b, ", %d, ", op);
+    if (op == OP_INSERT) {
+        buf_printf(b, "%lld", (long long)all);
+    } else if (op == OP_DELETE) {
+        buf_printf(b, "0");
+    } else {
+        buf_printf(b, "0");
+        for (unsigned c = t->npk; c < t->npk + t->ncols; c++) {
+            buf_printf(b, " | ((OLD.\"%s\" IS NOT NEW.\"%s\") << %u)", t->cols[c], t->cols[c],
+                       c - t->npk);
+        }
     }
-    buf_printf(b,
-               " FROM rep_meta m WHERE true ON CONFLICT DO UPDATE SET seq = excluded.seq,"
-               " mask = CASE WHEN \"rep_c_%s\".seq > (SELECT acked FROM rep_meta) THEN "
-               "\"rep_c_%s\".mask | excluded.mask ELSE excluded.mask END,"
-               " cl = \"rep_c_%s\".cl + (\"rep_c_%s\".cl %% 2 = 0), clh = excluded.clh,"
-               " cls = excluded.cls",
-               t->name, t->name, t->name, t->name);
-    for (unsigned c = t->npk; c < t->npk + t->ncols; c++) {
-        const char *n = t->cols[c], *r = t->name;
-        buf_printf(b,
-                   ", \"b_%s\" = CASE WHEN \"rep_c_%s\".\"s_%s\" IS excluded.cls THEN "
-                   "\"rep_c_%s\".\"b_%s\" ELSE \"rep_c_%s\".\"v_%s\" END"
-                   ", \"bs_%s\" = CASE WHEN \"rep_c_%s\".\"s_%s\" IS excluded.cls THEN "
-                   "\"rep_c_%s\".\"bs_%s\" ELSE \"rep_c_%s\".\"s_%s\" END"
-                   ", \"v_%s\" = excluded.\"v_%s\", \"s_%s\" = excluded.\"s_%s\"",
-                   n, r, n, r, n, r, n, n, r, n, r, n, r, n, n, n, n, n);
-    }
-    buf_printf(b, "; END;");
+    buf_printf(b, "); END;");
 }
 
-static void trig_upd(buf_t *b, const sq_table_t *t)
+static void trig_ins(buf_t *b, const sq_db_t *s, const sq_table_t *t)
 {
-    buf_printf(b,
-               "CREATE TRIGGER \"rep_au_%s\" AFTER UPDATE ON \"%s\" WHEN NOT EXISTS "
-               "(SELECT 1 FROM rep_ctx) AND (0",
-               t->name, t->name);
-    for (unsigned c = t->npk; c < t->npk + t->ncols; c++) {
-        buf_printf(b, " OR OLD.\"%s\" IS NOT NEW.\"%s\"", t->cols[c], t->cols[c]);
-    }
-    buf_printf(b, ") BEGIN UPDATE rep_meta SET hlc = " HLC_SQL "; INSERT INTO \"rep_c_%s\"(",
-               t->name);
-    pk_list(b, t, "");
-    buf_printf(b, ", seq, mask, cl, clh, cls");
-    for (unsigned c = t->npk; c < t->npk + t->ncols; c++) {
-        buf_printf(b, ", \"v_%s\", \"s_%s\"", t->cols[c], t->cols[c]);
-    }
-    buf_printf(b, ") SELECT ");
-    pk_list(b, t, "NEW.");
-    buf_printf(b, ", m.hlc, 0");
-    for (unsigned c = t->npk; c < t->npk + t->ncols; c++) {
-        buf_printf(b, " | ((OLD.\"%s\" IS NOT NEW.\"%s\") << %u)", t->cols[c], t->cols[c],
-                   c - t->npk);
-    }
-    buf_printf(b, ", 1, m.hlc, m.site");
-    for (unsigned c = t->npk; c < t->npk + t->ncols; c++) {
-        const char *n = t->cols[c];
-        buf_printf(b,
-                   ", CASE WHEN OLD.\"%s\" IS NOT NEW.\"%s\" THEN m.hlc END"
-                   ", CASE WHEN OLD.\"%s\" IS NOT NEW.\"%s\" THEN m.site END",
-                   n, n, n, n);
-    }
-    buf_printf(b,
-               " FROM rep_meta m WHERE true ON CONFLICT DO UPDATE SET seq = excluded.seq,"
-               " mask = CASE WHEN \"rep_c_%s\".seq > (SELECT acked FROM rep_meta) THEN "
-               "\"rep_c_%s\".mask | excluded.mask ELSE excluded.mask END",
-               t->name, t->name);
-    for (unsigned c = t->npk; c < t->npk + t->ncols; c++) {
-        const char *n = t->cols[c], *r = t->name;
-        buf_printf(b,
-                   ", \"b_%s\" = CASE WHEN excluded.\"v_%s\" IS NULL OR \"rep_c_%s\".\"s_%s\" "
-                   "IS excluded.cls THEN \"rep_c_%s\".\"b_%s\" ELSE \"rep_c_%s\".\"v_%s\" END"
-                   ", \"bs_%s\" = CASE WHEN excluded.\"v_%s\" IS NULL OR \"rep_c_%s\".\"s_%s\" "
-                   "IS excluded.cls THEN \"rep_c_%s\".\"bs_%s\" ELSE \"rep_c_%s\".\"s_%s\" END"
-                   ", \"v_%s\" = coalesce(excluded.\"v_%s\", \"rep_c_%s\".\"v_%s\")"
-                   ", \"s_%s\" = coalesce(excluded.\"s_%s\", \"rep_c_%s\".\"s_%s\")",
-                   n, n, r, n, r, n, r, n, n, n, r, n, r, n, r, n, n, n, r, n, n, n, r, n);
-    }
-    buf_printf(b, "; END;");
+    trig_one(b, s, t, "", "NEW", OP_INSERT);
 }
 
-static void trig_del(buf_t *b, const sq_table_t *t)
+static void trig_upd(buf_t *b, const sq_db_t *s, const sq_table_t *t)
 {
-    buf_printf(b,
-               "CREATE TRIGGER \"rep_ad_%s\" AFTER DELETE ON \"%s\" WHEN NOT EXISTS "
-               "(SELECT 1 FROM rep_ctx) BEGIN UPDATE rep_meta SET hlc = " HLC_SQL "; "
-               "INSERT INTO \"rep_c_%s\"(",
-               t->name, t->name, t->name);
-    pk_list(b, t, "");
-    buf_printf(b, ", seq, mask, cl, clh, cls) SELECT ");
-    pk_list(b, t, "OLD.");
-    buf_printf(b,
-               ", m.hlc, 0, 2, m.hlc, m.site FROM rep_meta m WHERE true ON CONFLICT DO UPDATE "
-               "SET seq = excluded.seq, mask = 0, cl = \"rep_c_%s\".cl + (\"rep_c_%s\".cl %% 2 "
-               "= 1), clh = excluded.clh, cls = excluded.cls; END;",
-               t->name, t->name);
+    buf_t w;
+    buf_init(&w);
+    buf_printf(&w, " AND (0");
+    for (unsigned c = t->npk; c < t->npk + t->ncols; c++) {
+        buf_printf(&w, " OR OLD.\"%s\" IS NOT NEW.\"%s\"", t->cols[c], t->cols[c]);
+    }
+    buf_printf(&w, ")");
+    trig_one(b, s, t, cstr(&w), "NEW", OP_UPDATE);
+    buf_deinit(&w);
+}
+
+static void trig_del(buf_t *b, const sq_db_t *s, const sq_table_t *t)
+{
+    trig_one(b, s, t, "", "OLD", OP_DELETE);
 }
 
 /* A primary key update would need a delete and an insert under two keys; it is refused with
@@ -412,20 +374,17 @@ static void trig_pk(buf_t *b, const sq_table_t *t)
                   "replicated; delete the row and insert it under the new key'); END;");
 }
 
-static int install_table(sq_db_t *s, sq_table_t *t, char **decl)
+static int install_table(sq_db_t *s, sq_table_t *t)
 {
-    if (ensure_clock(s, t, decl) != 0) {
-        return MS_EDB;
-    }
     buf_t b;
     buf_init(&b);
     buf_printf(&b,
                "DROP TRIGGER IF EXISTS \"rep_ai_%s\"; DROP TRIGGER IF EXISTS \"rep_au_%s\"; "
                "DROP TRIGGER IF EXISTS \"rep_ad_%s\"; DROP TRIGGER IF EXISTS \"rep_bu_%s\";",
                t->name, t->name, t->name, t->name);
-    trig_ins(&b, t);
-    trig_upd(&b, t);
-    trig_del(&b, t);
+    trig_ins(&b, s, t);
+    trig_upd(&b, s, t);
+    trig_del(&b, s, t);
     trig_pk(&b, t);
     int rc = exec(s, cstr(&b));
     /* Rows that existed before capture was installed get a clock row each, with a distinct
@@ -440,21 +399,24 @@ static int install_table(sq_db_t *s, sq_table_t *t, char **decl)
         }
         buf_printf(&b, ") SELECT ");
         pk_list(&b, t, "t.");
-        buf_printf(&b, ", m.hlc + row_number() OVER (), 0, 1, m.hlc + row_number() OVER (),"
-                       " m.site");
+        buf_printf(&b, ", m.h + row_number() OVER (), 0, 1, m.h + row_number() OVER (), m.site");
         for (unsigned c = 0; c < t->ncols; c++) {
-            buf_printf(&b, ", m.hlc + row_number() OVER (), m.site");
+            buf_printf(&b, ", m.h + row_number() OVER (), m.site");
         }
         buf_printf(&b,
-                   " FROM \"%s\" t, rep_meta m WHERE NOT EXISTS (SELECT 1 FROM \"rep_c_%s\" c"
-                   " WHERE ",
+                   " FROM \"%s\" t, (SELECT max(CAST((julianday('now') - 2440587.5) * "
+                   "86400000.0 AS INTEGER) << 16, hlc) AS h, site FROM rep_meta) m WHERE NOT "
+                   "EXISTS (SELECT 1 FROM \"rep_c_%s\" c WHERE ",
                    t->name, t->name);
         pk_where(&b, t, "c.", "t.");
         buf_printf(&b, ")");
         rc = exec(s, cstr(&b));
         if (rc == 0) {
             buf_reset(&b);
-            buf_printf(&b, "UPDATE rep_meta SET hlc = hlc + %d", sqlite3_changes(s->db));
+            buf_printf(&b,
+                       "UPDATE rep_meta SET hlc = max(hlc, coalesce((SELECT max(seq) FROM "
+                       "\"rep_c_%s\"), 0))",
+                       t->name);
             rc = exec(s, cstr(&b));
         }
     }
@@ -555,9 +517,19 @@ static int prepare_table(sq_db_t *s, sq_table_t *t)
     buf_printf(&b, "DELETE FROM \"%s\" WHERE ", t->name);
     pk_where(&b, t, "", NULL);
     t->row_del = prep(s, cstr(&b));
+    buf_reset(&b);
+    buf_printf(&b, "SELECT seq, ");
+    pk_list(&b, t, "");
+    buf_printf(&b, ", op, mask FROM \"rep_l_%s\" ORDER BY seq", t->name);
+    t->log_sel = prep(s, cstr(&b));
+    buf_reset(&b);
+    buf_printf(&b, "DELETE FROM \"rep_l_%s\" WHERE seq <= ?1", t->name);
+    t->log_del = prep(s, cstr(&b));
     buf_deinit(&b);
-    return t->read && t->clk_get && t->clk_put && t->clk_upd && t->row_get && t->row_del ? 0
-                                                                                         : MS_EDB;
+    return t->read && t->clk_get && t->clk_put && t->clk_upd && t->log_sel && t->log_del &&
+                   t->row_get && t->row_del
+               ? 0
+               : MS_EDB;
 }
 
 static int prepare_common(sq_db_t *s)
@@ -638,13 +610,31 @@ static int sq_init(sync_db_t *db, char *why, size_t whylen)
             break;
         }
         s->nt++;
-        if (install_table(s, &s->t[i], decl) != 0) {
-            rc = why_db(s, why, whylen, "installing capture");
+        if (ensure_clock(s, &s->t[i], decl) != 0) {
+            rc = why_db(s, why, whylen, "creating change tables");
         }
         for (unsigned k = 0; k < s->t[i].npk; k++) {
             free(decl[k]);
         }
         free(decl);
+    }
+    if (rc == 0) {
+        buf_t f;
+        buf_init(&f);
+        buf_printf(&f, "max(CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) << 16, "
+                       "(SELECT hlc FROM rep_meta) + 1");
+        for (size_t i = 0; i < s->nt; i++) {
+            buf_printf(&f, ", coalesce((SELECT max(seq) FROM \"rep_l_%s\"), 0) + 1", s->t[i].name);
+        }
+        buf_printf(&f, ")");
+        free(s->floor_sql);
+        s->floor_sql = xstrdup(cstr(&f));
+        buf_deinit(&f);
+    }
+    for (size_t i = 0; rc == 0 && i < s->nt; i++) {
+        if (install_table(s, &s->t[i]) != 0) {
+            rc = why_db(s, why, whylen, "installing capture");
+        }
     }
     if (rc != 0) {
         if (!why[0]) {
@@ -681,6 +671,8 @@ static int sq_attach(sync_db_t *db, char *why, size_t whylen)
     return rc;
 }
 
+static int fold_txn(sq_db_t *s);
+
 static bool sq_changed(sync_db_t *db)
 {
     sq_db_t *s = (sq_db_t *)db;
@@ -702,6 +694,9 @@ static bool sq_changed(sync_db_t *db)
             if (sq_init(db, why, sizeof(why)) != 0) {
                 log_err("refreshing capture failed: %s", why);
             }
+        }
+        if (fold_txn(s) != 0) {
+            log_warn("folding the capture log failed: %s", sqlite3_errmsg(s->db));
         }
         return true;
     }
@@ -814,7 +809,7 @@ static int sq_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t
     sq_db_t *s = (sq_db_t *)db;
     *n = 0;
     *hi = after;
-    if (exec(s, "BEGIN") != 0) {
+    if (fold_txn(s) != 0 || exec(s, "BEGIN") != 0) {
         return MS_EDB;
     }
     arena_t *a = arena_new(64 * 1024);
@@ -1009,9 +1004,9 @@ static int clock_get(sq_table_t *t, const sync_val_t *pk, clock_t_ *ck)
     return r == SQLITE_DONE ? 0 : MS_EDB;
 }
 
-static int clock_put(sq_table_t *t, const sync_val_t *pk, const clock_t_ *ck)
+static int clock_put(sq_table_t *t, const sync_val_t *pk, const clock_t_ *ck, bool full)
 {
-    sqlite3_stmt *st = ck->found ? t->clk_upd : t->clk_put;
+    sqlite3_stmt *st = ck->found && !full ? t->clk_upd : t->clk_put;
     sqlite3_reset(st);
     for (unsigned k = 0; k < t->npk; k++) {
         bind_val(st, (int)k + 1, &pk[k]);
@@ -1028,6 +1023,103 @@ static int clock_put(sq_table_t *t, const sync_val_t *pk, const clock_t_ *ck)
     int r = sqlite3_step(st);
     sqlite3_reset(st);
     return r == SQLITE_DONE ? 0 : MS_EDB;
+}
+
+/* Fold the capture logs into the change tables, inside the caller's write transaction. Each
+ * logged change, in position order, becomes the row's entry: its position, its change mask
+ * (ORed while the previous entry is still unacknowledged), the versions of the columns it
+ * changed (the position, this site) with their bases, and for an insert or delete the
+ * existence version. Then the log is emptied; rep_meta.hlc keeps the high-water mark. This
+ * is consolidation: however many changes a row had, it keeps one entry. */
+static int fold(sq_db_t *s)
+{
+    int64_t acked = 0;
+    uint64_t maxseq = 0;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db, "SELECT acked FROM rep_meta", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        acked = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    arena_t *a = arena_new(4096);
+    int rc = 0;
+    for (size_t ti = 0; rc == 0 && ti < s->nt; ti++) {
+        sq_table_t *t = &s->t[ti];
+        sqlite3_stmt *ls = t->log_sel;
+        uint64_t tmax = 0;
+        sqlite3_reset(ls);
+        int r;
+        while (rc == 0 && (r = sqlite3_step(ls)) == SQLITE_ROW) {
+            uint64_t seq = (uint64_t)sqlite3_column_int64(ls, 0);
+            sync_val_t pk[SYNC_MAX_PK];
+            for (unsigned k = 0; k < t->npk; k++) {
+                val_from_col(ls, 1 + (int)k, a, &pk[k]);
+            }
+            int op = sqlite3_column_int(ls, 1 + (int)t->npk);
+            uint64_t mask = (uint64_t)sqlite3_column_int64(ls, 2 + (int)t->npk);
+            clock_t_ ck;
+            if (clock_get(t, pk, &ck) != 0) {
+                rc = MS_EDB;
+                break;
+            }
+            sync_ver_t me = {seq, s->site};
+            uint64_t newmask = ck.found && (int64_t)ck.seq > acked ? ck.mask : 0;
+            if (op == OP_DELETE) {
+                ck.cl = ck.cl % 2 == 1 ? ck.cl + 1 : (ck.found ? ck.cl : 2);
+                ck.clv = me;
+                newmask = 0;
+            } else {
+                if (op == OP_INSERT || !ck.found) {
+                    ck.cl = ck.cl % 2 == 0 ? ck.cl + 1 : ck.cl;
+                    ck.clv = me;
+                }
+                for (unsigned c = 0; c < t->ncols; c++) {
+                    if ((mask >> c) & 1) {
+                        if (ck.v[c].site != s->site) {
+                            ck.b[c] = ck.v[c];
+                        }
+                        ck.v[c] = me;
+                    }
+                }
+                newmask |= mask;
+            }
+            ck.seq = seq;
+            ck.mask = newmask;
+            if (clock_put(t, pk, &ck, true) != 0) {
+                rc = MS_EDB;
+            }
+            tmax = seq;
+        }
+        sqlite3_reset(ls);
+        if (rc == 0 && tmax) {
+            sqlite3_reset(t->log_del);
+            sqlite3_bind_int64(t->log_del, 1, (int64_t)tmax);
+            rc = sqlite3_step(t->log_del) == SQLITE_DONE ? 0 : MS_EDB;
+            sqlite3_reset(t->log_del);
+            maxseq = tmax > maxseq ? tmax : maxseq;
+        }
+    }
+    if (rc == 0 && maxseq) {
+        sqlite3_reset(s->hlc_bump);
+        sqlite3_bind_int64(s->hlc_bump, 1, (int64_t)maxseq);
+        rc = sqlite3_step(s->hlc_bump) == SQLITE_DONE ? 0 : MS_EDB;
+        sqlite3_reset(s->hlc_bump);
+    }
+    arena_free(a);
+    return rc;
+}
+
+/* Fold in a transaction of its own (when the agent is about to read or report). */
+static int fold_txn(sq_db_t *s)
+{
+    if (exec(s, "BEGIN IMMEDIATE") != 0) {
+        return MS_EDB;
+    }
+    if (fold(s) != 0) {
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+        return MS_EDB;
+    }
+    return exec(s, "COMMIT");
 }
 
 static void bind_col_value(sqlite3_stmt *st, int idx, sqlite3_stmt *from, int col)
@@ -1261,7 +1353,7 @@ static int apply_entry(sq_db_t *s, uint32_t origin, const sync_wtable_t *w, wmap
             return MS_EDB;
         }
     }
-    if (act != SYNC_ROW_STALE && clock_put(t, e->pk, &ck) != 0) {
+    if (act != SYNC_ROW_STALE && clock_put(t, e->pk, &ck, false) != 0) {
         return MS_EDB;
     }
     if (mx > res->max_hlc) {
@@ -1335,7 +1427,12 @@ static int sq_apply(sync_db_t *db, const sync_batch_t *b, sync_apply_res_t *res)
     }
     sync_fault("apply.begin");
     uint64_t applied_seq, count;
-    int rc = exec(s, "INSERT INTO rep_ctx VALUES(1)");
+    /* Local changes committed before this transaction are folded first, so the merge below
+     * compares against them (no local change can commit while we hold the write lock). */
+    int rc = fold(s);
+    if (rc == 0) {
+        rc = exec(s, "INSERT INTO rep_ctx VALUES(1)");
+    }
     if (rc == 0) {
         rc = inbound_get(s, b->origin, &applied_seq, &count);
     }
@@ -1411,7 +1508,10 @@ static int sq_retry(sync_db_t *db, sync_apply_res_t *res)
         char sql[512];
         if (!drop && exec(s, "BEGIN IMMEDIATE") == 0) {
             sync_apply_res_t r1 = {0};
-            int r = exec(s, "INSERT INTO rep_ctx VALUES(1)");
+            int r = fold(s);
+            if (r == 0) {
+                r = exec(s, "INSERT INTO rep_ctx VALUES(1)");
+            }
             if (r == 0) {
                 /* Try it as a fresh entry; if it fails again apply_entry writes a new
                  * quarantine row, which we then fold back into the old one. */
@@ -1499,7 +1599,7 @@ static int sq_status(sync_db_t *db, sync_db_status_t *out)
     sq_db_t *s = (sq_db_t *)db;
     const sync_conf_t *c = db->conf;
     memset(out, 0, sizeof(*out));
-    if (exec(s, "BEGIN") != 0) {
+    if (fold_txn(s) != 0 || exec(s, "BEGIN") != 0) {
         return MS_EDB;
     }
     out->conflicts = (uint64_t)q_int(s, "SELECT count(*) FROM rep_conflict");
@@ -1554,6 +1654,7 @@ static void sq_close(sync_db_t *db)
         return;
     }
     tables_free(s);
+    free(s->floor_sql);
     sqlite3_finalize(s->inb_get);
     sqlite3_finalize(s->inb_put);
     sqlite3_finalize(s->conflict_ins);
@@ -1577,6 +1678,20 @@ static const sync_db_ops_t sq_ops = {
     .close = sq_close,
 };
 
+/* Busy handler: the applications hold the write lock for a statement at a time, so poll it
+ * finely (SQLite's own handler backs off to 100 ms sleeps, which under a steady write load
+ * starved the agent for seconds). Gives up after about 5 s. */
+static int busy_wait(void *ctx, int n)
+{
+    (void)ctx;
+    if (n >= 5000) {
+        return 0;
+    }
+    struct timespec ts = {0, n < 50 ? 100000 : 1000000};
+    nanosleep(&ts, NULL);
+    return 1;
+}
+
 int sync_sqlite_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen)
 {
     sq_db_t *s = xcalloc(1, sizeof(*s));
@@ -1591,7 +1706,7 @@ int sync_sqlite_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t wh
         sq_close(&s->base);
         return MS_EDB;
     }
-    sqlite3_busy_timeout(s->db, 5000);
+    sqlite3_busy_handler(s->db, busy_wait, NULL);
     /* WAL lets the applications read while the agent applies; NORMAL is durable across
      * application crashes and loses at most the last commits on power loss, like theirs. */
     if (exec(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
