@@ -20,7 +20,9 @@
  *
  * Threading: everything here runs on the loop's thread, the change callback too; the
  * health_site_t values may be read there at any time (copy them into a snapshot for other
- * threads). docs/health.md has the probe details, the state machine and the defaults. */
+ * threads). The process must ignore SIGPIPE (libuv writes with write(2); a load balancer
+ * that closes early would otherwise kill it); multisited does. docs/health.md has the probe
+ * details, the state machine and the defaults. */
 #ifndef MS_HEALTH_H
 #define MS_HEALTH_H
 
