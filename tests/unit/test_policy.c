@@ -644,9 +644,15 @@ static void test_weighted(snap_t *base)
             if (strcmp(fa, want) != 0) {
                 tap_diag("  variant %u starts with %s, expected %s", v, fa, want);
             }
+            /* ... and holds every available site (weight 0 too): one A record each. */
+            if (!cl->var[v].a || zone_rrset_count((zone_rrset_t){cl->var[v].a}) != cl->n_order) {
+                ok = false;
+                tap_diag("  variant %u does not hold all %zu sites", v, cl->n_order);
+            }
         }
-        tap_ok(ok && cl->n_var >= 1, "weighted %s up %s: %u variants, each led by its site",
-               t->name, t->up, cl->n_var);
+        tap_ok(ok && cl->n_var >= 1,
+               "weighted %s up %s: %u variants, each led by its site, all sites in each", t->name,
+               t->up, cl->n_var);
         snap_free(s);
     }
 }
