@@ -46,7 +46,7 @@ FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_REPLAY := $(FUZZ_SRCS:tests/fuzz/fuzz_%.c=$(BUILD)/fuzz/replay_%)
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/fuzz_%.c=build-fuzz/fuzz_%)
 
-.PHONY: all deps run check format format-check unit-test fuzz-replay integration integration-asan \
+.PHONY: all deps run check format format-check unit-test fuzz-replay integration integration-asan man install \
 	bench fuzz \
 	clean tests-bin demo demo-stop demo-failover
 
@@ -134,6 +134,32 @@ build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_SRCS)
 	@mkdir -p build-fuzz
 	clang -std=gnu11 -O1 -g -Isrc -D_GNU_SOURCE -DMS_VERSION='"$(MS_VERSION)"' -pthread \
 		$(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(LIB_SRCS) $(LDLIBS)
+
+# ---- install: make install [PREFIX=/usr/local] [DESTDIR=staging] ----
+PREFIX ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+MAN_PAGES := $(patsubst man/%.scd,$(BUILD)/man/%,$(wildcard man/*.scd))
+
+$(BUILD)/man/%: man/%.scd
+	@mkdir -p $(dir $@)
+	scdoc < $< > $@
+
+man: $(MAN_PAGES)
+
+install: all man
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/multisite
+	install -m 755 $(PROGS) $(DESTDIR)$(SBINDIR)/
+	install -m 644 $(filter %.8,$(MAN_PAGES)) $(DESTDIR)$(MANDIR)/man8/
+	install -m 644 $(filter %.5,$(MAN_PAGES)) $(DESTDIR)$(MANDIR)/man5/
+	for u in packaging/systemd/*.service; do \
+		sed 's|/usr/sbin/|$(SBINDIR)/|g; s|/etc/multisite/|$(SYSCONFDIR)/multisite/|g' $$u \
+			> $(DESTDIR)$(UNITDIR)/$$(basename $$u); done
+	test -e $(DESTDIR)$(SYSCONFDIR)/multisite/multisited.yaml || \
+		install -m 644 examples/cluster-eu.yaml $(DESTDIR)$(SYSCONFDIR)/multisite/multisited.yaml
 
 clean:
 	rm -rf build build-asan build-fuzz

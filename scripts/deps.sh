@@ -11,7 +11,7 @@ libcurl4-openssl-dev libmaxminddb-dev libmicrohttpd-dev libsqlite3-dev sqlite3 l
 knot knot-dnsutils dnsutils dnsperf gdnsd
 python3 python3-dnspython python3-pytest python3-hypothesis python3-psycopg2
 postgresql haproxy iproute2 iptables procps psmisc
-libmaxmind-db-writer-perl mmdb-bin
+libmaxmind-db-writer-perl mmdb-bin scdoc systemd
 "
 
 SUDO=""

@@ -145,9 +145,12 @@ static int build_snapshot(snap_t **out, char *err, size_t errlen)
 static int do_reload(char *err, size_t errlen)
 {
     log_info("reloading %s", args.conf_path ? args.conf_path : "zones");
+    (void)notify_service("RELOADING=1");
     snap_t *s = NULL;
     if (build_snapshot(&s, err, errlen) != 0) {
         log_err("reload failed; still serving the previous configuration and zones");
+        (void)notify_service("READY=1\nSTATUS=reload failed; serving the previous "
+                             "configuration");
         return MS_ECONF;
     }
     const conf_t *old = snap_current()->conf;
@@ -164,6 +167,7 @@ static int do_reload(char *err, size_t errlen)
         log_err("reload: cannot start the probes or heartbeats of the new configuration");
     }
     log_info("reload done: generation %llu", (unsigned long long)s->generation);
+    (void)notify_service("READY=1\nSTATUS=reloaded");
     return 0;
 }
 
@@ -360,8 +364,13 @@ int main(int argc, char **argv)
         }
         log_info("ready: %zu zones, generation %llu", zone_db_count(zones),
                  (unsigned long long)snap_current()->generation);
+        char st[128];
+        snprintf(st, sizeof(st), "READY=1\nSTATUS=serving %zu zones\nMAINPID=%ld",
+                 zone_db_count(zones), (long)getpid());
+        (void)notify_service(st);
     }
     uv_run(loop, UV_RUN_DEFAULT);
+    (void)notify_service("STOPPING=1");
     cluster_free(cluster);
     cluster = NULL;
     ctl_server_free(ctl);

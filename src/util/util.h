@@ -160,6 +160,12 @@ uint16_t net_addr_port(const net_addr_t *a);
 #define NET_ADDR_STRLEN 64
 const char *net_addr_str(const net_addr_t *a, char *buf, size_t len);
 
+/* ---- service manager ---- */
+/* Send a state string ("READY=1", "RELOADING=1", "STOPPING=1", "STATUS=...") to the socket
+ * named by $NOTIFY_SOCKET (systemd's sd_notify protocol, without libsystemd). No-op when
+ * the variable is unset. Returns 0 or MS_EIO. */
+int notify_service(const char *state);
+
 /* ---- misc ---- */
 /* Read a whole file into a NUL-terminated heap buffer, at most max bytes. */
 int file_read_all(const char *path, size_t max, char **out, size_t *out_len) MS_WUR;
