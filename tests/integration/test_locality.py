@@ -309,6 +309,22 @@ def test_geoip_country_code_not_taken_for_continent(env):
     assert got == ["eu", "us", "ap"], f"Namibia (NA/AF) answered {got}"
 
 
+def test_tcp_same_as_udp(env):
+    """The same ECS query over TCP: same order, same scope."""
+    srv = env[0]
+    for prefix in ("10.1.200.0/24", "203.0.113.0/24", "2001:db8:5000::/48"):
+        q = dns.message.make_query("geo.example.com.", "A", use_edns=0,
+                                   options=[dns.edns.ECSOption(*_split(prefix))])
+        rt = dns.query.tcp(q, srv.addr, port=srv.port, timeout=2)
+        ru = query(srv, "geo.example.com.", ecs=prefix)
+        assert (addrs(rt), ecs_of(rt).scopelen) == (addrs(ru), ecs_of(ru).scopelen), prefix
+
+
+def _split(prefix):
+    a, ln = prefix.split("/")
+    return a, int(ln)
+
+
 def test_aaaa_follows_the_same_order(env):
     r = query(env[0], "geo.example.com.", "AAAA", ecs="10.2.0.0/16")
     assert addrs(r) == [SITES[s][1] for s in ("us", "eu", "ap")]
