@@ -180,6 +180,7 @@ start_ours() { # name port zones...
         echo "  udp-threads: 2"
         echo "  tcp-threads: 1"
         echo "  log-level: warning"
+        echo "  control-socket: $d/ctl.sock" # never the system's /run/multisited.sock
         echo "zones:"
         for z in "$@"; do
             echo "  - origin: ${z%%=*}"
