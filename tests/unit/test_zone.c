@@ -408,6 +408,43 @@ static void test_db(void)
     zone_db_free(NULL);
 }
 
+/* Counts that do not fit the node format must be refused, not wrapped: an RRset has a 16-bit
+ * record count and a node an 8-bit RRset count. */
+static void test_limits(void)
+{
+    buf_t b;
+    buf_init(&b);
+    buf_printf(&b, "%s", SOA_NS);
+    for (int i = 0; i < 65536; i++) {
+        buf_printf(&b, "many A 10.%d.%d.%d\n", i >> 16, (i >> 8) & 255, i & 255);
+    }
+    buf_printf(&b, "many TXT \"after\"\n");
+    char err[512] = "";
+    zone_t *z = NULL;
+    int rc = zone_load_string("example.com", (char *)b.data, b.len, &z, err, sizeof(err));
+    if (rc == 0) {
+        /* Only the first RRset is safe to look at: the walk past it is what goes wrong. */
+        const zone_node_t *n = find(z, "many.example.com");
+        tap_diag("  loaded: A count %u (of 65536)",
+                 n ? zone_rrset_count(zone_node_rrset(n, 0)) : 0);
+    }
+    tap_ok(rc == MS_EPARSE && z == NULL && strncmp(err, "(string):", 9) == 0,
+           "RRset of 65536 records refused: %s", err);
+    zone_free(z);
+    z = NULL;
+
+    buf_reset(&b);
+    buf_printf(&b, "%s", SOA_NS);
+    for (int i = 0; i < 256; i++) {
+        buf_printf(&b, "types TYPE%d \\# 0\n", 1000 + i);
+    }
+    rc = zone_load_string("example.com", (char *)b.data, b.len, &z, err, sizeof(err));
+    tap_ok(rc == MS_EPARSE && strstr(err, "types.example.com. has more than 255 record types"),
+           "node with 256 RR types refused: %s", err);
+    zone_free(z);
+    buf_deinit(&b);
+}
+
 int main(void)
 {
     log_init("test_zone", false, LOG_LVL_ERR);
@@ -417,5 +454,6 @@ int main(void)
     test_load();
     test_apex_wildcard_and_ttl();
     test_db();
+    test_limits();
     return tap_done();
 }
