@@ -32,7 +32,8 @@ static char *write_file(const char *name, const char *text)
 
 static const char zone_text[] = "$ORIGIN example.com.\n$TTL 300\n"
                                 "@ SOA ns1 h 1 2 3 4 60\n@ NS ns1\nns1 A 192.0.2.53\n"
-                                "loc TXT \"zone data\"\n";
+                                "loc TXT \"zone data\"\n"
+                                "alias CNAME loc\n";
 
 /* Sites a (Berlin), b (New York), c (Tokyo), d and e (no location). Regions: classes 1..5 are
  * corp, europe, america, asia, dup; classes 6..10 are "nearest site a..e". */
@@ -888,6 +889,8 @@ static const ecs_case_t ecs_cases[] = {
     {"w31.example.com", "10.1.2.0/24", NULL, NULL, 0, "weighted name without locality: scope 0"},
     {"nx.example.com", "10.1.2.0/24", NULL, "-", 0, "NXDOMAIN: ECS echoed with scope 0"},
     {"ns1.example.com", "10.1.2.0/24", NULL, "192.0.2.53", 0, "zone data: scope 0"},
+    {"alias.example.com", "10.1.2.128/25", NULL, "192.0.2.3", 25,
+     "CNAME to a locality name: the target's order and scope"},
 };
 
 static bool parse_prefix_str(const char *s, uint16_t *fam, uint8_t *src, uint8_t *addr)
