@@ -62,14 +62,14 @@ PERL_SCRIPT = r"""
 use strict;
 use warnings;
 use MaxMind::DB::Writer::Tree;
-my ($out, @recs) = @ARGV;
+my ($out, $ipv, @recs) = @ARGV;
 my %types = (
     country => 'map', continent => 'map', location => 'map',
     iso_code => 'utf8_string', code => 'utf8_string',
     latitude => 'double', longitude => 'double',
 );
 my $tree = MaxMind::DB::Writer::Tree->new(
-    ip_version => 6, record_size => 24, database_type => 'GeoIP2-City',
+    ip_version => $ipv, record_size => 24, database_type => 'GeoIP2-City',
     languages => ['en'], description => { en => 'multisite locality test' },
     remove_reserved_networks => 0,     # our networks are documentation ranges
     map_key_type_callback => sub { $types{ $_[0] } },
@@ -86,12 +86,13 @@ close $fh or die;
 """
 
 
-def build_mmdb(path, geo=None):
+def build_mmdb(path, geo=None, ip_version=6):
     script = path + ".pl"
     with open(script, "w") as f:
         f.write(PERL_SCRIPT)
     args = [f"{n},{cc},{ct},{lat},{lon}" for n, (cc, ct, lat, lon) in (geo or GEO).items()]
-    p = subprocess.run([PERL, script, path] + args, capture_output=True, text=True, timeout=60)
+    p = subprocess.run([PERL, script, path, str(ip_version)] + args, capture_output=True,
+                       text=True, timeout=60)
     assert p.returncode == 0, f"building the GeoIP database failed (libmaxmind-db-writer-perl, " \
                               f"scripts/deps.sh):\n{p.stderr}"
     # The fixture itself, read back with libmaxminddb's own tool (the library we link).
@@ -565,6 +566,42 @@ def test_reload_new_geoip_database(workdir):
                  DEADLINE, "the new GeoIP data after SIGHUP")
         for _ in range(50):
             assert first_order(srv, "geo.example.com.", ecs="198.51.100.0/25") == america
+        assert srv.alive()
+    finally:
+        if srv:
+            rc = srv.stop()
+            assert rc == 0, f"multisited exited {rc}:\n{srv.log_tail()}"
+        for w in web.values():
+            w.stop()
+
+
+def test_ipv4_only_database(workdir):
+    """A GeoIP database with ip_version 4 (no IPv6 tree): IPv4 clients are classified with
+    the record's prefix as scope (no IPv4-in-IPv6 offset); IPv6 clients get class 0 and a
+    reply, not an error."""
+    d = tempfile.mkdtemp(prefix="geo4-", dir=workdir)
+    mmdb = os.path.join(d, "v4.mmdb")
+    build_mmdb(mmdb, {k: v for k, v in GEO.items() if ":" not in k}, ip_version=4)
+    web = {n: WebServer(0.0) for n in SITES}
+    srv = None
+    try:
+        def make(port):
+            sd = tempfile.mkdtemp(prefix="ms-", dir=d)
+            conf = os.path.join(sd, "multisited.yaml")
+            with open(conf, "w") as f:
+                f.write(ms_config(port, ZONES, v6=False) + ms_yaml(web, mmdb))
+            return Server("multisited", [MULTISITED, "-c", conf], port, sd, ["127.0.0.1"])
+        srv = _start_with_retry(make)
+        for prefix, order, scope in [
+                ("203.0.113.0/24", ("us", "eu", "ap"), 24),
+                ("100.64.5.0/24", ("eu", "ap", "us"), 16),
+                ("192.0.2.0/24", ("ap", "eu", "us"), 25),
+                ("2001:db8:5000::/48", ("eu", "us", "ap"), None)]:
+            r = query(srv, "geo.example.com.", ecs=prefix)
+            assert r.rcode() == dns.rcode.NOERROR, prefix
+            assert addrs(r) == order_of(*order), f"{prefix}: {addrs(r)}"
+            if scope is not None:
+                assert ecs_of(r).scopelen == scope, f"{prefix}: scope {ecs_of(r).scopelen}"
         assert srv.alive()
     finally:
         if srv:
