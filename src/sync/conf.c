@@ -22,7 +22,8 @@ static const conf_opt_t sync_schema[] = {
     {"key_file", CONF_T_STR, O(key_file), 0, 0, NULL, NULL,
      "pre-shared key file, 64 hex digits from `multisite-syncd keygen` (required)"},
     {"status_socket", CONF_T_STR, O(status_socket), 0, 0, NULL, NULL,
-     "local unix socket for status (default: DATABASE.sock for SQLite)"},
+     "local unix socket for status (default: DATABASE.sock for SQLite, "
+     "/tmp/multisite-syncd-SITE.sock for PostgreSQL)"},
     {"max_clock_skew", CONF_T_DURATION, O(max_clock_skew_ms), 0, 3600000, "60s", NULL,
      "changes stamped further in the future are held back"},
     {"batch_rows", CONF_T_UINT, O(batch_rows), 1, 50000, "2000", NULL,
@@ -142,8 +143,9 @@ int sync_conf_load(const char *path, sync_conf_t **out, conf_err_t *err)
         goto fail;
     }
     if (!c->status_socket) {
-        c->status_socket = xasprintf(
-            "%s.sock", c->backend == SYNC_BACKEND_SQLITE ? c->database : "/tmp/multisite-syncd");
+        c->status_socket = c->backend == SYNC_BACKEND_SQLITE
+                               ? xasprintf("%s.sock", c->database)
+                               : xasprintf("/tmp/multisite-syncd-%s.sock", c->site);
     }
     if (strlen(c->status_socket) >= 100) {
         conf_errf(err, s, "sync.status_socket: path longer than 99 bytes");
