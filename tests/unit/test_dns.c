@@ -1315,6 +1315,43 @@ static void test_random(void)
     }
 }
 
+/* server.nsid is checked when the snapshot is built: text of at most 128 bytes, or 0x and
+ * an even number of hex digits. */
+static void test_nsid_values(void)
+{
+    char t128[130], t129[131];
+    memset(t128, 'n', 128);
+    t128[128] = 0;
+    memset(t129, 'n', 129);
+    t129[129] = 0;
+    static const struct {
+        const char *v;
+        bool ok;
+        size_t len;
+    } nsid_cases[] = {
+        {"", true, 0},       {"ns1", true, 3},  {"0X00ff", true, 2},
+        {"0xABC", false, 0}, {"0x", false, 0},  {"0xZZ", false, 0},
+        {"0x1g", false, 0},  {NULL, true, 128}, {NULL, false, 0},
+    };
+    for (size_t i = 0; i < MS_ARRAY_LEN(nsid_cases); i++) {
+        const char *v = nsid_cases[i].v ? nsid_cases[i].v : nsid_cases[i].ok ? t128 : t129;
+        conf_t *c = conf_new_default();
+        free(c->nsid);
+        c->nsid = xstrdup(v);
+        snap_t *s = NULL;
+        char err[512] = "";
+        int rc = snap_build(c, &s, err, sizeof(err));
+        if (nsid_cases[i].ok) {
+            tap_ok(rc == 0 && s && s->nsid_len == nsid_cases[i].len,
+                   "nsid \"%.12s\" (%zu chars) accepted", v, strlen(v));
+        } else {
+            tap_ok(rc == MS_ECONF && !s && strstr(err, "server.nsid: "),
+                   "nsid \"%.12s\" (%zu chars) refused: %s", v, strlen(v), err);
+        }
+        snap_free(s);
+    }
+}
+
 int main(void)
 {
     log_init("test_dns", false, LOG_LVL_ERR);
@@ -1330,6 +1367,7 @@ int main(void)
     test_long_names();
     test_random();
     test_other_config();
+    test_nsid_values();
     snap_free(snap_main);
     free(resp);
     return tap_done();
