@@ -7,6 +7,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* ---- the zones ---- */
 
@@ -1247,6 +1248,23 @@ static const char *check_reply(const uint8_t *q, size_t n, size_t cap, bool tcp)
     }
     if (!tcp && resp_len > 512 && !m.opt) {
         return "UDP reply over 512 bytes without EDNS";
+    }
+    if (m.qd == 1 && m.an > 0) {
+        /* The first answer is for the question's name, in the question's class (IN for
+         * class ANY), and every record of every section has class IN or CH. */
+        if (strcasecmp(m.rr[0][0].owner, m.qname) != 0) {
+            return "first answer owner is not the question name";
+        }
+        if (m.rr[0][0].cls != (m.qclass == 255 ? 1 : m.qclass)) {
+            return "answer class differs from the question's";
+        }
+    }
+    for (int sec = 0; sec < 3; sec++) {
+        for (int i = 0; i < sec_count(&m, sec); i++) {
+            if (m.rr[sec][i].cls != 1 && m.rr[sec][i].cls != 3) {
+                return "record with a class other than IN or CH";
+            }
+        }
     }
     return NULL;
 }
