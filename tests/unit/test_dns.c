@@ -1370,6 +1370,39 @@ static void test_nsid_values(void)
     }
 }
 
+/* DNAME (RFC 6672): either refused when the zone is loaded, or answered as a DNAME: a name
+ * below the owner gets the DNAME and a synthesised CNAME, never NXDOMAIN. */
+static void test_dname(void)
+{
+    static const char text[] = "$TTL 300\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\n"
+                               "old DNAME new.example.org.\nnew A 192.0.2.2\nx.new A 192.0.2.3\n";
+    zone_t *z = NULL;
+    char err[512] = "";
+    int rc = zone_load_string("example.org", text, sizeof(text) - 1, &z, err, sizeof(err));
+    if (rc != 0) {
+        tap_ok(strstr(err, "(string):5: ") && strstr(err, "DNAME"),
+               "DNAME refused at load with its line: %s", err);
+        return;
+    }
+    snap_t *s = make_snap("i", "v", "", 1232);
+    if (!s || zone_db_add(s->zones, z) != 0) {
+        tap_ok(false, "snapshot for the DNAME zone");
+        zone_free(z);
+        snap_free(s);
+        return;
+    }
+    msg_t m;
+    qp_t q = {"x.old.example.org", RR_A};
+    bool ok = ask(s, &q, UDP, &m);
+    const rr_t *d = ok ? find_rr(&m, 0, RR_DNAME, 0) : NULL;
+    const rr_t *cn = ok ? find_rr(&m, 0, RR_CNAME, 0) : NULL;
+    tap_ok(ok && m.rcode == 0 && m.aa && d && cn &&
+               strcmp(rd_name(&m, cn, 0), "x.new.example.org.") == 0,
+           "DNAME: x.old -> DNAME + CNAME x.new (got rcode %u, an %u)", ok ? m.rcode : 99,
+           ok ? m.an : 0);
+    snap_free(s);
+}
+
 int main(void)
 {
     log_init("test_dns", false, LOG_LVL_ERR);
@@ -1386,6 +1419,7 @@ int main(void)
     test_random();
     test_other_config();
     test_nsid_values();
+    test_dname();
     snap_free(snap_main);
     free(resp);
     return tap_done();
