@@ -1,8 +1,8 @@
 /* test_heartbeat.c: the heartbeat module: codec round trips, key files and keygen, a table of
  * hostile datagrams (forged, unknown key, replayed, reordered, too old, truncated, oversized,
  * bad magic/version, malformed, skewed, restarted sender), the liveness tracker on a fake
- * clock (detection within N+1 periods, recovery, several senders, jitter and loss), and the
- * config digest.
+ * clock (detection within N+1 periods, recovery, several senders, jitter and loss), reload,
+ * the config digest, and two real instances on a libuv loop over loopback.
  *
  * The same binary is also the heartbeat driver of the namespace test and bench/heartbeat.sh:
  *     test_heartbeat --drive CONFIG [--state up|down]
