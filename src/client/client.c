@@ -41,6 +41,7 @@ typedef struct {
     msc_addrs_t list;
     size_t cursor;
     uint64_t expires_ms;
+    uint64_t resolved_ms; /* last successful resolution; UINT64_MAX for an IP literal */
     uint64_t last_use_ms;
     uint64_t generation; /* bumped on every resolution: a conn from an older list is stale */
 } entry_t;
@@ -256,6 +257,7 @@ static int refresh(msc_t *m, entry_t *e, uint64_t now)
     e->list = fresh;
     e->cursor = 0;
     e->generation = ++m->generation;
+    e->resolved_ms = fresh.ttl == UINT32_MAX ? UINT64_MAX : now;
     e->expires_ms = fresh.ttl == UINT32_MAX ? UINT64_MAX : now + (uint64_t)fresh.ttl * 1000;
     if (fresh.ttl != UINT32_MAX) {
         char l[1024];
@@ -365,20 +367,20 @@ static void add_err(msc_t *m, const net_addr_t *a, const char *why)
     }
 }
 
-/* Connect to the first address from the cursor on that this call has not tried yet (*tried,
- * one bit per index), within the attempt budget. */
-static int connect_entry(msc_t *m, entry_t *e, uint64_t *tried, unsigned *attempts,
-                         msc_conn_t **out)
+/* Connect to the first address from the cursor on that this call has not tried yet, within
+ * the attempt budget. */
+static int connect_entry(msc_t *m, entry_t *e, msc_call_t *call, msc_conn_t **out)
 {
     size_t n = e->list.n;
     unsigned budget = m->max_attempts ? m->max_attempts : (unsigned)n;
-    for (size_t k = 0; k < n && *attempts < budget; k++) {
+    for (size_t k = 0; k < n && call->budget_used < budget; k++) {
         size_t i = (e->cursor + k) % n;
-        if (*tried & (1ULL << i)) {
+        if (call->tried & (1ULL << i)) {
             continue;
         }
-        *tried |= 1ULL << i;
-        (*attempts)++;
+        call->tried |= 1ULL << i;
+        call->attempts++;
+        call->budget_used++;
         const net_addr_t *a = &e->list.addr[i];
         char why[256], as[NET_ADDR_STRLEN];
         int fd = msc_tcp_connect(a, m->connect_timeout_ms, why, sizeof(why));
@@ -408,11 +410,18 @@ static int connect_entry(msc_t *m, entry_t *e, uint64_t *tried, unsigned *attemp
     return MS_EIO;
 }
 
-static void all_failed(msc_t *m, const entry_t *e, unsigned attempts)
+static void all_failed(msc_t *m, const entry_t *e, const msc_call_t *call)
 {
-    char prefix[300];
-    snprintf(prefix, sizeof(prefix), "%s:%u: %u of %zu address%s failed: ", e->name, e->port,
-             attempts, e->list.n, e->list.n == 1 ? "" : "es");
+    char prefix[400];
+    if (call->refreshed) {
+        snprintf(prefix, sizeof(prefix),
+                 "%s:%u: every address failed, also after asking DNS "
+                 "again (%u tried): ",
+                 e->name, e->port, call->attempts);
+    } else {
+        snprintf(prefix, sizeof(prefix), "%s:%u: %u of %zu address%s failed: ", e->name, e->port,
+                 call->attempts, e->list.n, e->list.n == 1 ? "" : "es");
+    }
     size_t pl = strlen(prefix), el = strlen(m->err);
     if (pl + el + 1 > sizeof(m->err)) {
         el = sizeof(m->err) - pl - 1;
@@ -422,21 +431,70 @@ static void all_failed(msc_t *m, const entry_t *e, unsigned attempts)
     m->err[pl + el] = 0;
 }
 
-int msc_connect(msc_t *m, const char *name, uint16_t port, msc_conn_t **out)
+static bool same_list(const msc_addrs_t *a, const msc_addrs_t *b)
 {
+    if (a->n != b->n) {
+        return false;
+    }
+    for (size_t i = 0; i < a->n; i++) {
+        if (net_addr_len(&a->addr[i]) != net_addr_len(&b->addr[i]) ||
+            memcmp(&a->addr[i], &b->addr[i], net_addr_len(&a->addr[i])) != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+int msc__call_begin(msc_t *m, const char *name, uint16_t port, msc_call_t *call)
+{
+    memset(call, 0, sizeof(*call));
     m->err[0] = 0;
     entry_t *e;
     int rc = lookup(m, name, port, &e);
+    call->entry = rc ? NULL : e;
+    return rc;
+}
+
+/* When every address failed, the order we hold may be old news: the DNS may already list a
+ * site that came back, or have dropped the ones that died. So before giving up, ask again
+ * once, unless we asked less than STALE_RETRY_MS ago (then the answer is what we have), and
+ * try the new list only if it differs from the one that just failed. This is the one case
+ * where the client resolves before the TTL runs out: nothing it holds works. */
+int msc__call_next(msc_t *m, msc_call_t *call, msc_conn_t **out)
+{
+    entry_t *e = call->entry;
+    int rc = connect_entry(m, e, call, out);
+    if (rc == 0) {
+        return 0;
+    }
+    uint64_t now = now_ms(m);
+    if (!call->refreshed && e->resolved_ms != UINT64_MAX &&
+        now - e->resolved_ms >= STALE_RETRY_MS) {
+        call->refreshed = true;
+        msc_addrs_t old = e->list;
+        uint64_t gen = e->generation;
+        event(m, "every address of %s failed; asking DNS again", e->name);
+        if (refresh(m, e, now) == 0 && e->generation != gen && !same_list(&old, &e->list)) {
+            call->tried = 0;
+            call->budget_used = 0;
+            rc = connect_entry(m, e, call, out);
+            if (rc == 0) {
+                return 0;
+            }
+        }
+    }
+    all_failed(m, e, call);
+    return MS_EIO;
+}
+
+int msc_connect(msc_t *m, const char *name, uint16_t port, msc_conn_t **out)
+{
+    msc_call_t call;
+    int rc = msc__call_begin(m, name, port, &call);
     if (rc) {
         return rc;
     }
-    uint64_t tried = 0;
-    unsigned attempts = 0;
-    rc = connect_entry(m, e, &tried, &attempts, out);
-    if (rc) {
-        all_failed(m, e, attempts);
-    }
-    return rc;
+    return msc__call_next(m, &call, out);
 }
 
 int msc_conn_fd(const msc_conn_t *c)
@@ -477,26 +535,7 @@ void msc_close(msc_conn_t *c)
     free(c);
 }
 
-/* ---- for http.c: one call = one lookup, then addresses each at most once ---- */
-
-int msc__http_begin(msc_t *m, const char *name, uint16_t port, void **entry)
-{
-    m->err[0] = 0;
-    entry_t *e;
-    int rc = lookup(m, name, port, &e);
-    *entry = rc ? NULL : e;
-    return rc;
-}
-
-int msc__http_next(msc_t *m, void *entry, uint64_t *tried, unsigned *attempts, msc_conn_t **out)
-{
-    return connect_entry(m, entry, tried, attempts, out);
-}
-
-void msc__http_fail(msc_t *m, void *entry, unsigned attempts)
-{
-    all_failed(m, entry, attempts);
-}
+/* ---- for http.c ---- */
 
 void msc__add_err(msc_t *m, const net_addr_t *a, const char *why)
 {

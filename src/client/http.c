@@ -305,18 +305,15 @@ int msc_http_get(msc_t *m, const char *url, msc_http_result_t *out)
         return MS_EINVAL;
     }
     uint64_t t0 = time_mono_ms();
-    void *entry;
-    int rc = msc__http_begin(m, u.host, u.port, &entry);
+    msc_call_t call;
+    int rc = msc__call_begin(m, u.host, u.port, &call);
     if (rc) {
         return rc;
     }
-    uint64_t tried = 0;
-    unsigned attempts = 0;
     for (;;) {
         msc_conn_t *c;
-        rc = msc__http_next(m, entry, &tried, &attempts, &c);
+        rc = msc__call_next(m, &call, &c);
         if (rc) {
-            msc__http_fail(m, entry, attempts);
             break;
         }
         char why[256];
@@ -335,7 +332,7 @@ int msc_http_get(msc_t *m, const char *url, msc_http_result_t *out)
         msc_report_failure(c, why);
         msc_close(c);
     }
-    out->attempts = attempts;
+    out->attempts = call.attempts;
     out->elapsed_ms = (uint32_t)(time_mono_ms() - t0);
     return rc == 0 ? 0 : MS_EIO;
 }

@@ -89,12 +89,19 @@ typedef struct {
 int msc_dns_resolve(const msc_dns_cfg_t *cfg, const char *name, uint16_t port, msc_addrs_t *out,
                     char *why, size_t whylen) MS_WUR;
 
-/* For http.c: one lookup per call, then each address at most once (tried: one bit per
- * index), then the combined error. entry is opaque. */
-int msc__http_begin(msc_t *m, const char *name, uint16_t port, void **entry) MS_WUR;
-int msc__http_next(msc_t *m, void *entry, uint64_t *tried, unsigned *attempts,
-                   msc_conn_t **out) MS_WUR;
-void msc__http_fail(msc_t *m, void *entry, unsigned attempts);
+/* One call's progress (msc_connect, msc_http_get): the entry, which addresses it tried (one
+ * bit per index) and how many, and whether it already asked DNS again after every address
+ * failed. begin looks the name up (resolving when due); next connects to the next untried
+ * address, and when none is left fills msc_last_error() and returns MS_EIO. */
+typedef struct {
+    void *entry;
+    uint64_t tried;
+    unsigned attempts; /* in this call, over both lists when DNS was asked again */
+    unsigned budget_used;
+    bool refreshed;
+} msc_call_t;
+int msc__call_begin(msc_t *m, const char *name, uint16_t port, msc_call_t *call) MS_WUR;
+int msc__call_next(msc_t *m, msc_call_t *call, msc_conn_t **out) MS_WUR;
 void msc__add_err(msc_t *m, const net_addr_t *a, const char *why);
 uint32_t msc__io_timeout(const msc_t *m);
 

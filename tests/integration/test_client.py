@@ -438,6 +438,25 @@ def test_back_to_first_only_after_reresolution(dnsd, port):
     assert a.requests == 2 + (len(by) - back), "A was tried while the client should stick to B"
 
 
+def test_all_dead_asks_dns_again(dnsd, port):
+    """The only address listed is dead and the TTL is long; the DNS then lists a live one.
+    Once every address has failed, the client asks again (at most once a second) instead of
+    failing until the TTL runs out."""
+    dnsd.set(["127.0.0.2"], ttl=3600)
+    b = Backend("127.0.0.3", port, "b/web1")
+    try:
+        rc, reqs, out = fetch_live(dnsd, port, count=6, interval=400,
+                                   on_first_line=lambda: dnsd.set(["127.0.0.3"], ttl=3600))
+    finally:
+        b.stop()
+    assert rc == 1 and "failed" in reqs[0], out
+    assert "asking DNS again" in out, out
+    ok = [r for r in reqs if "by" in r]
+    assert ok and all(r["by"] == "b/web1" for r in ok), out
+    assert ok[0]["t"] <= 1.0 + 0.4 + 0.3, out
+    assert all("by" in r for r in reqs[reqs.index(ok[0]):]), out
+
+
 def test_dns_server_fallback_and_tcp(dnsd, port):
     """The first DNS server is dead (nothing on its port): the second answers. A name with 80
     addresses does not fit 1232 bytes: the reply is truncated and the client asks over TCP,

@@ -1055,6 +1055,57 @@ static void test_sticky_ttl(void)
     msc_free(m);
 }
 
+/* Every address failed: ask DNS again before giving up, but not more than once a second,
+ * and retry only when the answer changed. */
+static void test_all_failed_reresolves(void)
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(0x7F000001u + 103); /* 127.0.0.104 */
+    socklen_t sl = sizeof(a);
+    if (bind(l, (struct sockaddr *)&a, sizeof(a)) || listen(l, 16) ||
+        getsockname(l, (struct sockaddr *)&a, &sl)) {
+        tap_ok(false, "listener on 127.0.0.104");
+        return;
+    }
+    uint16_t p = ntohs(a.sin_port);
+    msc_opts_t o = {.connect_timeout_ms = 500};
+    o.servers = (const char *const[]){"127.0.0.1:1"};
+    o.n_servers = 1;
+    msc_t *m = msc_new(&o, NULL, 0);
+    fake_dns_t f = {0};
+    msc_set_clock(m, fake_clock, NULL);
+    msc_set_resolver(m, fake_resolve, &f);
+    static const char *const dead[] = {"127.0.0.105"}; /* nothing listens there */
+    static const char *const dead_live[] = {"127.0.0.105", "127.0.0.104"};
+    set_list(&f, dead, 1, 100);
+    fake_now = 5000000;
+    msc_conn_t *c;
+    TAP_EQ_INT(msc_connect(m, "svc.test", p, &c), MS_EIO, "only address refused");
+    TAP_EQ_INT(f.calls, 1, "just resolved: no second question");
+    tap_ok(strstr(msc_last_error(m), "1 of 1 address failed") != NULL, "error: %s",
+           msc_last_error(m));
+    fake_now += 999;
+    TAP_EQ_INT(msc_connect(m, "svc.test", p, &c), MS_EIO, "still refused");
+    TAP_EQ_INT(f.calls, 1, "not within a second of the last resolution");
+    fake_now += 1;
+    TAP_EQ_INT(msc_connect(m, "svc.test", p, &c), MS_EIO, "refused, DNS unchanged");
+    TAP_EQ_INT(f.calls, 2, "asked DNS again after a second (TTL 100 s not run out)");
+    tap_ok(strstr(msc_last_error(m), "also after asking DNS again (1 tried)") != NULL,
+           "same answer: not retried: %s", msc_last_error(m));
+    fake_now += 1000;
+    set_list(&f, dead_live, 2, 100);
+    int rc = msc_connect(m, "svc.test", p, &c);
+    TAP_EQ_INT(rc, 0, "the new answer lists a live address");
+    TAP_EQ_INT(f.calls, 3, "third resolution");
+    if (rc == 0) {
+        tap_ok(strcmp(conn_ip(c), "127.0.0.104") == 0, "connected to it");
+        msc_close(c);
+    }
+    msc_free(m);
+    close(l);
+}
+
 static void test_new(void)
 {
     char err[256];
@@ -1083,5 +1134,6 @@ int main(void)
     test_http();
     test_new();
     test_sticky_ttl();
+    test_all_failed_reresolves();
     return tap_done();
 }
