@@ -2,6 +2,7 @@
  *
  *   multisite-syncd -c FILE [run]          run the agent
  *   multisite-syncd -c FILE init           install change capture for the configured tables
+ *   multisite-syncd -c FILE join --from DB make this (new) site a copy of a running site's DB
  *   multisite-syncd -c FILE status [--json]
  *   multisite-syncd keygen                 print a new pre-shared key
  *   multisite-syncd --help-config          the `sync:` options */
@@ -12,18 +13,20 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: multisite-syncd -c FILE [run | init | status [--json]]\n"
+    fprintf(f, "usage: multisite-syncd -c FILE [run | init | status [--json] | join --from DB]\n"
                "       multisite-syncd keygen\n"
                "       multisite-syncd --help-config | --version\n");
 }
 
 int main(int argc, char **argv)
 {
-    const char *conf_path = NULL, *cmd = "run";
+    const char *conf_path = NULL, *cmd = "run", *from = NULL;
     bool json = false, have_cmd = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
             conf_path = argv[++i];
+        } else if (strcmp(argv[i], "--from") == 0 && i + 1 < argc) {
+            from = argv[++i];
         } else if (strcmp(argv[i], "--json") == 0) {
             json = true;
         } else if (strcmp(argv[i], "--help-config") == 0) {
@@ -46,7 +49,8 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "keygen") == 0) {
         return sync_cmd_keygen(stdout) == 0 ? 0 : 1;
     }
-    if (strcmp(cmd, "run") != 0 && strcmp(cmd, "init") != 0 && strcmp(cmd, "status") != 0) {
+    if (strcmp(cmd, "run") != 0 && strcmp(cmd, "init") != 0 && strcmp(cmd, "status") != 0 &&
+        strcmp(cmd, "join") != 0) {
         usage(stderr);
         return 2;
     }
@@ -64,6 +68,13 @@ int main(int argc, char **argv)
     int rc;
     if (strcmp(cmd, "init") == 0) {
         rc = sync_cmd_init(c);
+    } else if (strcmp(cmd, "join") == 0) {
+        if (!from) {
+            fprintf(stderr, "multisite-syncd join: --from SOURCE_DATABASE is required\n");
+            rc = MS_EINVAL;
+        } else {
+            rc = sync_cmd_join(c, from);
+        }
     } else if (strcmp(cmd, "status") == 0) {
         rc = sync_cmd_status(c, json, stdout);
     } else {

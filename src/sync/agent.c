@@ -806,6 +806,27 @@ int sync_cmd_init(const sync_conf_t *c)
     return rc;
 }
 
+int sync_cmd_join(const sync_conf_t *c, const char *from)
+{
+    char why[512] = "";
+    if (c->backend != SYNC_BACKEND_SQLITE) {
+        fprintf(stderr, "multisite-syncd join: only for SQLite sites so far (PostgreSQL: see "
+                        "docs/sync.md)\n");
+        return MS_EINVAL;
+    }
+    int rc = sync_sqlite_join(c, from, why, sizeof(why));
+    if (rc != 0) {
+        fprintf(stderr, "multisite-syncd join: %s\n", why);
+        return rc;
+    }
+    rc = sync_cmd_init(c);
+    if (rc == 0) {
+        printf("site %s (id %u) created from %s; start the agent to catch up\n", c->site,
+               c->site_id, from);
+    }
+    return rc;
+}
+
 int sync_cmd_run(const sync_conf_t *c)
 {
     agent_t *a = xcalloc(1, sizeof(*a));

@@ -281,6 +281,7 @@ struct sync_db {
 
 int sync_sqlite_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen) MS_WUR;
 int sync_pg_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen) MS_WUR;
+int sync_sqlite_join(const sync_conf_t *c, const char *src_path, char *why, size_t whylen) MS_WUR;
 int sync_db_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen) MS_WUR;
 
 /* BLAKE2b-128 of a byte string (chan.c). */

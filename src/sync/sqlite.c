@@ -29,6 +29,7 @@
 
 #include <sqlite3.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct {
     char *name;
@@ -1719,4 +1720,91 @@ int sync_sqlite_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t wh
     }
     *out = &s->base;
     return 0;
+}
+
+/* multisite-syncd join (SQLite): make this site's database a copy of a running site's, then
+ * turn the copy into a new site. The copy holds every change of the source up to the source's
+ * latest folded position M, and every other site's changes as far as the source applied them;
+ * so the new site's cursor for the source is M and its cursors for the others are the
+ * source's. Positions in the copy belong to the source's stream: they are reset, so the new
+ * site sends nothing it did not change itself. Log rows not folded at the source when copied
+ * are dropped: the source folds and sends them (positions above M). */
+int sync_sqlite_join(const sync_conf_t *c, const char *src_path, char *why, size_t whylen)
+{
+    sqlite3 *src = NULL, *dst = NULL;
+    int rc = MS_EDB;
+    if (access(c->database, F_OK) == 0) {
+        snprintf(why, whylen, "%s exists: join makes a new database (move it away first)",
+                 c->database);
+        return MS_EEXIST;
+    }
+    if (sqlite3_open_v2(src_path, &src, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+        sqlite3_open_v2(c->database, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+            SQLITE_OK) {
+        snprintf(why, whylen, "cannot open %s or %s", src_path, c->database);
+        goto out;
+    }
+    sqlite3_busy_timeout(src, 10000);
+    /* The online backup API copies a consistent snapshot while the source keeps running. */
+    sqlite3_backup *bk = sqlite3_backup_init(dst, "main", src, "main");
+    if (!bk || sqlite3_backup_step(bk, -1) != SQLITE_DONE) {
+        snprintf(why, whylen, "copying %s: %s", src_path, sqlite3_errmsg(dst));
+        sqlite3_backup_finish(bk);
+        goto out;
+    }
+    sqlite3_backup_finish(bk);
+    sqlite3_stmt *st = NULL;
+    int64_t src_site = -1;
+    if (sqlite3_prepare_v2(dst, "SELECT site FROM rep_meta", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        src_site = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    if (src_site < 0) {
+        snprintf(why, whylen, "%s is not a multisite-syncd database (no rep_meta)", src_path);
+        goto out;
+    }
+    if (src_site == (int64_t)c->site_id) {
+        snprintf(why, whylen, "%s belongs to site id %lld, this site's own id", src_path,
+                 (long long)src_site);
+        goto out;
+    }
+    buf_t b;
+    buf_init(&b);
+    buf_printf(&b, "BEGIN IMMEDIATE; CREATE TEMP TABLE m(v INTEGER);");
+    sqlite3_stmt *tl = NULL;
+    if (sqlite3_prepare_v2(dst, "SELECT name FROM rep_table", -1, &tl, NULL) == SQLITE_OK) {
+        while (sqlite3_step(tl) == SQLITE_ROW) {
+            const char *t = (const char *)sqlite3_column_text(tl, 0);
+            buf_printf(&b,
+                       "INSERT INTO temp.m SELECT max(seq) FROM \"rep_c_%s\";"
+                       "UPDATE \"rep_c_%s\" SET seq = 0, mask = 0 WHERE seq != 0;"
+                       "DELETE FROM \"rep_l_%s\";",
+                       t, t, t);
+        }
+    }
+    sqlite3_finalize(tl);
+    buf_printf(&b,
+               "INSERT OR REPLACE INTO rep_inbound(origin, applied_seq, applied) VALUES(%lld,"
+               " coalesce((SELECT max(v) FROM temp.m), 0), 0);"
+               "DELETE FROM rep_peer; DELETE FROM rep_conflict; DELETE FROM rep_quarantine;"
+               "DELETE FROM rep_ctx; UPDATE rep_meta SET site = %u, acked = 0; COMMIT;",
+               (long long)src_site, c->site_id);
+    buf_append(&b, "", 1);
+    char *msg = NULL;
+    if (sqlite3_exec(dst, (const char *)b.data, NULL, NULL, &msg) != SQLITE_OK) {
+        snprintf(why, whylen, "turning the copy into site %u: %s", c->site_id, msg ? msg : "?");
+        sqlite3_free(msg);
+        buf_deinit(&b);
+        goto out;
+    }
+    buf_deinit(&b);
+    rc = 0;
+out:
+    sqlite3_close(src);
+    sqlite3_close(dst);
+    if (rc != 0 && dst) {
+        unlink(c->database);
+    }
+    return rc;
 }

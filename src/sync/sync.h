@@ -51,6 +51,10 @@ void sync_conf_print_schema(FILE *f);
 /* multisite-syncd init: install change capture for the configured tables. Refuses a table
  * without a primary key. Returns 0 or an error code with the reason printed to stderr. */
 int sync_cmd_init(const sync_conf_t *c) MS_WUR;
+/* multisite-syncd join --from FILE: create this site's database as a copy of a running
+ * site's SQLite database (online backup) and make it a new site that catches up from there.
+ * The database file must not exist yet. */
+int sync_cmd_join(const sync_conf_t *c, const char *from) MS_WUR;
 /* Run the agent until SIGINT/SIGTERM. */
 int sync_cmd_run(const sync_conf_t *c) MS_WUR;
 /* Print status from the running agent's socket, or from the database when it is down. */

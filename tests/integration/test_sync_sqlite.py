@@ -255,3 +255,38 @@ def test_exactly_once_across_a_crash_at_every_apply_step(tmp_path, point):
         assert b.sql("SELECT count(*), sum(b) FROM items") == [(n, n * (n - 1) // 2)]
     finally:
         c.stop()
+
+
+def test_new_site_joins_from_a_copy_of_a_running_site(tmp_path):
+    c = Cluster(tmp_path, 3)
+    s1, s2, s3 = c.sites
+    s1.run("init")
+    s2.run("init")
+    s1.start()
+    s2.start()
+    try:
+        for i in range(50):
+            s1.sql("INSERT INTO items(id, a) VALUES(?, 'one')", (i,))
+            s2.sql("INSERT INTO items(id, a) VALUES(?, 'two')", (1000 + i,))
+        wait_for(lambda: c.dump(s1) == c.dump(s2) and len(c.dump(s1)) == 100,
+                 what="sites 1 and 2 in step")
+        for f in (s3.db, s3.db + "-wal", s3.db + "-shm"):
+            if os.path.exists(f):
+                os.remove(f)
+        r = s3.run("join", "--from", s1.db)
+        assert "created from" in r.stdout
+        r = s3.run("join", "--from", s1.db, check=False)
+        assert r.returncode != 0 and "exists" in r.stderr  # never overwrites a database
+        s2.sql("UPDATE items SET a = 'after-copy' WHERE id = 1000")  # s3 must still get it
+        s3.start()
+        c.wait_synced(60)
+        s3.sql("INSERT INTO items(id, a) VALUES(5000, 'three')")
+        c.wait_synced(60)
+        assert s1.sql("SELECT a FROM items WHERE id = 5000") == [("three",)]
+        assert s3.sql("SELECT a FROM items WHERE id = 1000") == [("after-copy",)]
+        # the copy already held site 1's changes: they were not sent again
+        st = s3.status()
+        from_s1 = [p for p in st["peers"] if p["id"] == 1][0]
+        assert from_s1["applied"] < 10, from_s1
+    finally:
+        c.stop()
