@@ -1403,6 +1403,36 @@ static void test_dname(void)
     snap_free(s);
 }
 
+/* RFC 4592 4.2: a wildcard owning NS is a delegation; names it matches get a referral (NS
+ * in authority, AA clear), never data (the TXT beside the NS is occluded). knotd answers
+ * so. */
+static void test_wildcard_ns(void)
+{
+    static const char text[] = "$TTL 300\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\n"
+                               "*.wd NS ns.other.net.\n*.wd TXT \"t\"\n";
+    zone_t *z = NULL;
+    char err[512] = "";
+    snap_t *s = make_snap("i", "v", "", 1232);
+    if (!s || zone_load_string("example.org", text, sizeof(text) - 1, &z, err, sizeof(err)) != 0 ||
+        zone_db_add(s->zones, z) != 0) {
+        tap_ok(false, "snapshot for the wildcard NS zone (%s)", err);
+        snap_free(s);
+        return;
+    }
+    static const uint16_t types[] = {RR_A, RR_NS, RR_TXT};
+    for (size_t i = 0; i < MS_ARRAY_LEN(types); i++) {
+        msg_t m;
+        qp_t q = {"a.wd.example.org", types[i]};
+        bool ok = ask(s, &q, UDP, &m);
+        const rr_t *ns = ok ? find_rr(&m, 1, RR_NS, 0) : NULL;
+        tap_ok(ok && m.rcode == 0 && !m.aa && m.an == 0 && ns &&
+                   strcmp(rd_name(&m, ns, 0), "ns.other.net.") == 0,
+               "wildcard NS, qtype %u: referral (got aa %d an %u ns %u)", types[i], ok ? m.aa : -1,
+               ok ? m.an : 0, ok ? m.ns : 0);
+    }
+    snap_free(s);
+}
+
 int main(void)
 {
     log_init("test_dns", false, LOG_LVL_ERR);
@@ -1420,6 +1450,7 @@ int main(void)
     test_other_config();
     test_nsid_values();
     test_dname();
+    test_wildcard_ns();
     snap_free(snap_main);
     free(resp);
     return tap_done();
