@@ -134,9 +134,11 @@ def bench_lag(backend, seconds, rate=1000):
             t.join()
         elapsed = time.monotonic() - t0
         c.wait_synced(120)
-        p99 = max(s.status()["peers"][0]["recv_lag_p99_ms"] for s in c.sites)
+        sts = [s.status()["peers"][0] for s in c.sites]
+        p99 = max(p["recv_lag_p99_ms"] for p in sts)
+        p50 = max(p["recv_lag_p50_ms"] for p in sts)
         achieved = min(done) / elapsed
-        return p99, achieved
+        return p99, achieved, p50
     finally:
         c.stop()
 
@@ -256,9 +258,9 @@ def main():
         print("  postgresql catch-up end to end: %.0f rows/s" % e2e)
     if "lag" not in SKIP:
         for backend in ("sqlite", "postgresql"):
-            p99, rate = bench_lag(backend, lag_s)
-            fig("%s lag p99, 2 sites x %.0f writes/s for %ds" % (backend, rate, lag_s), p99,
-                "ms", "floor < 100", p99 < 100 and rate >= 900)
+            p99, rate, p50 = bench_lag(backend, lag_s)
+            fig("%s lag p99, 2 sites x %.0f writes/s for %ds (p50 %d ms)" %
+                (backend, rate, lag_s, p50), p99, "ms", "floor < 100", p99 < 100 and rate >= 900)
     if "capture" not in SKIP:
         x = bench_capture_sqlite(5000 if QUICK else 20000)
         fig("sqlite capture overhead (autocommit inserts, WAL, synchronous=NORMAL)", "%.2f" % x,
