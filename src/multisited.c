@@ -4,6 +4,7 @@
 #include "cluster/cluster.h"
 #include "ctl/ctl.h"
 #include "heartbeat/heartbeat.h"
+#include "status/status.h"
 
 #include <getopt.h>
 #include <signal.h>
@@ -31,6 +32,7 @@ static uv_loop_t *loop;
 static dns_server_t *server;
 static cluster_t *cluster;
 static ctl_server_t *ctl;
+static status_server_t *status;
 
 static void usage(FILE *f)
 {
@@ -349,6 +351,9 @@ int main(int argc, char **argv)
         ctl_server_new(loop, conf->control_socket, on_ctl, NULL, &ctl) != 0) {
         log_warn("running without a control socket (multisitectl will not reach this daemon)");
     }
+    if (*conf->status_listen && status_server_new(loop, conf, cluster, server, &status) != 0) {
+        log_warn("running without the status endpoint (/status, /metrics, dashboard)");
+    }
     uv_signal_t sig_hup, sig_term, sig_int;
     uv_signal_init(loop, &sig_hup);
     uv_signal_init(loop, &sig_term);
@@ -371,6 +376,8 @@ int main(int argc, char **argv)
     }
     uv_run(loop, UV_RUN_DEFAULT);
     (void)notify_service("STOPPING=1");
+    status_server_free(status); /* before the cluster it renders */
+    status = NULL;
     cluster_free(cluster);
     cluster = NULL;
     ctl_server_free(ctl);

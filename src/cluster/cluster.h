@@ -36,4 +36,8 @@ void cluster_free(cluster_t *c);
  * is carried to the other sites in our heartbeats. */
 unsigned cluster_ctl(cluster_t *c, size_t argc, char *const *argv, buf_t *out);
 
+/* Append the cluster's metrics in Prometheus text format (docs/status.md) to out. Loop
+ * thread only. */
+void cluster_metrics(cluster_t *c, buf_t *out);
+
 #endif

@@ -38,6 +38,12 @@ static const conf_opt_t server_schema[] = {
      NULL, "unix socket multisitectl talks to (owner-only, mode 0600); \"\" disables it"},
     {"state-file", CONF_T_STR, offsetof(conf_t, state_file), 0, 0, "", NULL,
      "file that keeps operator state (drain, force) across restarts; \"\" keeps none"},
+    {"status-listen", CONF_T_STR, offsetof(conf_t, status_listen), 0, 0, "127.0.0.1:8053", NULL,
+     "status HTTP endpoint (/status JSON, /metrics Prometheus, / dashboard), ADDR:PORT or "
+     "[V6]:PORT; unauthenticated: keep it on loopback; \"\" disables it"},
+    {"sync-status-socket", CONF_T_STR, offsetof(conf_t, sync_status_socket), 0, 0, "", NULL,
+     "multisite-syncd's status socket: replication lag, conflicts and quarantine are shown on "
+     "the status endpoint; \"\" shows none"},
     {"syslog", CONF_T_BOOL, offsetof(conf_t, log_syslog), 0, 0, "false", NULL,
      "log to syslog instead of stderr"},
 };
@@ -89,6 +95,8 @@ conf_t *conf_new_default(void)
     /* Quick mode serves zones for a person at a terminal: no control socket unless asked. */
     free(c->control_socket);
     c->control_socket = xstrdup("");
+    free(c->status_listen);
+    c->status_listen = xstrdup("");
     free(c->listen.v);
     c->listen.v = NULL;
     c->listen.n = 0;
@@ -196,6 +204,13 @@ int conf_load(const char *path, conf_t **out, conf_err_t *err)
     }
     if (!c->identity) {
         c->identity = default_identity();
+    }
+    net_addr_t sa;
+    if (*c->status_listen && net_parse_addr(c->status_listen, 8053, &sa) != 0) {
+        const conf_node_t *srv = conf_map_get(root, "server");
+        conf_errf(err, srv ? conf_map_get(srv, "status-listen") : NULL,
+                  "server.status-listen: '%s' is not ADDR:PORT or [V6]:PORT", c->status_listen);
+        goto fail;
     }
     if (load_zones(c, conf_map_get(root, "zones"), err) != 0) {
         goto fail;

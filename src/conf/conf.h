@@ -239,6 +239,8 @@ typedef struct conf {
     bool log_syslog;
     char *control_socket; /* multisitectl's unix socket; "" = none */
     char *state_file;     /* operator state (drain, force) kept across restarts; "" = none */
+    char *status_listen;  /* status HTTP endpoint ADDR:PORT (/status, /metrics, /); "" = none */
+    char *sync_status_socket; /* multisite-syncd's status socket, shown on it; "" = none */
     /* zones: */
     conf_zone_t *zones;
     size_t n_zones;

@@ -960,6 +960,32 @@ static size_t put_opt(const snap_t *s, const query_t *q, uint8_t *p, unsigned ex
     return 11 + rdlen;
 }
 
+/* ---- statistics ---- */
+
+/* The types an authoritative server for load-balanced names mostly sees. */
+static const struct {
+    uint16_t type;
+    const char *name;
+} qtype_slots[DNS_QTYPE_OTHER] = {
+    {1, "A"},    {2, "NS"},   {5, "CNAME"}, {6, "SOA"},    {12, "PTR"},   {15, "MX"},
+    {16, "TXT"}, {28, "AAAA"}, {33, "SRV"}, {64, "SVCB"}, {65, "HTTPS"}, {255, "ANY"},
+};
+
+unsigned dns_qtype_slot(uint16_t qtype)
+{
+    for (unsigned i = 0; i < DNS_QTYPE_OTHER; i++) {
+        if (qtype_slots[i].type == qtype) {
+            return i;
+        }
+    }
+    return DNS_QTYPE_OTHER;
+}
+
+const char *dns_qtype_slot_name(unsigned slot)
+{
+    return slot < DNS_QTYPE_OTHER ? qtype_slots[slot].name : "other";
+}
+
 static size_t finish(const snap_t *s, const query_t *q, resp_t *r, unsigned rcode, bool aa,
                      bool with_opt, dns_stats_t *st)
 {
@@ -980,6 +1006,7 @@ static size_t finish(const snap_t *s, const query_t *q, resp_t *r, unsigned rcod
         if (rcode < DNS_RCODE_SLOTS) {
             DNS_STAT_INC(st, rcode[rcode]);
         }
+        DNS_STAT_INC(st, qtype[dns_qtype_slot(q->qtype)]);
         if (r->tc) {
             DNS_STAT_INC(st, truncated);
         }
@@ -1007,6 +1034,7 @@ size_t dns_answer_client(const snap_t *s, const uint8_t *pkt, size_t len, uint8_
     q.flags1 = pkt[2];
     q.flags2 = pkt[3];
     q.opcode = (pkt[2] >> 3) & 0x0F;
+    q.qtype = 0; /* counted as "other" when the question is unreadable */
     q.edns = false;
     q.ecs = false;
     q.client = client;

@@ -18,6 +18,13 @@ enum {
     DNS_RCODE_SLOTS = 17
 };
 
+/* Query types counted one by one; the rest (and queries without a readable question) go
+ * to DNS_QTYPE_OTHER. dns_qtype_slot() maps a type to its slot, dns_qtype_slot_name() names
+ * a slot ("A", ..., "other"). */
+enum { DNS_QTYPE_OTHER = 12, DNS_QTYPE_SLOTS = 13 };
+unsigned dns_qtype_slot(uint16_t qtype);
+const char *dns_qtype_slot_name(unsigned slot);
+
 /* Per-thread counters, written only by their owner thread (relaxed stores), read by anyone
  * with relaxed loads. */
 typedef struct {
@@ -25,6 +32,7 @@ typedef struct {
     uint64_t dropped; /* malformed beyond a reply, QR=1, or not sent */
     uint64_t truncated;
     uint64_t rcode[DNS_RCODE_SLOTS];
+    uint64_t qtype[DNS_QTYPE_SLOTS]; /* answered queries by type (dns_qtype_slot) */
     uint64_t udp, tcp;
     uint64_t tcp_refused; /* connections over the limit */
 } dns_stats_t;

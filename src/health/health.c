@@ -16,6 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+const double health_rtt_bounds_ms[HEALTH_RTT_BUCKETS] = {1,   2.5, 5,    10,   25,   50,
+                                                          100, 250, 500, 1000, 2500, 5000};
+
 static void timer_cb(uv_timer_t *tm);
 
 void ht_maybe_free(health_t *h)
@@ -143,6 +146,13 @@ void ht_done(ht_target_t *t, ht_result_t *r)
     if (r->ok && t->kind != HT_LB && (t->kind == HT_WEB || s->n_web == 0)) {
         /* response time: web servers' probes, or the db page when there are none */
         s->out.rtt_ms = s->out.rtt_ms < 0 ? rtt : 0.7 * s->out.rtt_ms + 0.3 * rtt;
+        size_t k = 0;
+        while (k < HEALTH_RTT_BUCKETS && rtt > health_rtt_bounds_ms[k]) {
+            k++;
+        }
+        s->out.rtt_hist[k]++;
+        s->out.rtt_count++;
+        s->out.rtt_sum_ms += rtt;
     }
     site_update(h, s);
     if (h->closing) {

@@ -32,6 +32,10 @@
 
 typedef enum { HEALTH_UNKNOWN = 0, HEALTH_UP = 1, HEALTH_DOWN = 2 } health_state_t;
 
+/* Probe latency histogram: loopback connects take well under 1 ms, a WAN HTTP request with
+ * TLS some hundreds; the probe timeout bounds the top (defaults of a few seconds). */
+#define HEALTH_RTT_BUCKETS 12
+
 typedef struct {
     health_state_t state; /* the site verdict: DOWN as soon as the results so far decide it,
                              UP once every input has passed, UNKNOWN until then */
@@ -49,7 +53,17 @@ typedef struct {
                              servers; < 0 unknown */
     uint64_t since_ms;    /* wall clock ms of the last verdict transition */
     uint64_t transitions; /* number of verdict transitions */
+    /* Histogram of the samples rtt_ms averages (one per successful web probe, or db page
+     * probe when there are no web servers): rtt_hist[k] counts samples <= the k-th bound of
+     * health_rtt_bounds_ms and above the previous one; the last slot counts the rest. Kept
+     * across reloads like transitions (for the /metrics endpoint). */
+    uint64_t rtt_hist[HEALTH_RTT_BUCKETS + 1];
+    uint64_t rtt_count;
+    double rtt_sum_ms;
 } health_site_t;
+
+/* Upper bounds (ms) of the rtt_hist slots, ascending. */
+extern const double health_rtt_bounds_ms[HEALTH_RTT_BUCKETS];
 
 typedef struct health health_t;
 
