@@ -13,6 +13,8 @@
  *   TTL runs out:   resolve again at the next call; cursor back to 0, the top of the new
  *                   order. A failed resolution keeps the old list (serve stale) and retries
  *                   after STALE_RETRY_MS rather than on every call.
+ *   all failed:     every address failed in one call: resolve again at once (at most every
+ *                   STALE_RETRY_MS) and try the new list if it differs (msc__call_next).
  *
  * So the client follows the DNS order the authoritative servers chose, changes address
  * only when one fails, and never returns to an address it left before the TTL says the
@@ -31,7 +33,8 @@
 
 /* After a failed re-resolution, the stale list is used and DNS asked again this much later:
  * often enough to pick up a recovered server, rarely enough not to add a DNS timeout to
- * every request while the servers are unreachable. */
+ * every request while the servers are unreachable. Also the least age of an answer before
+ * "every address failed" asks DNS again. */
 #define STALE_RETRY_MS 1000
 
 typedef struct {
