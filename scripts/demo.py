@@ -264,6 +264,7 @@ class State:
     def __init__(self, demo, procs=None):
         self.d = demo
         self.procs = procs or {}
+        self.popen = {}
 
     @classmethod
     def load(cls, demo):
@@ -296,8 +297,16 @@ class State:
                 break
             time.sleep(0.01)
         self.procs[name] = {"pid": p.pid, "start": start, "argv": argv, "log": log}
+        self.popen[name] = p  # while we are its parent: its exit status, if it dies
         self.save()
         return p
+
+    def exit_status(self, name):
+        p = self.popen.get(name)
+        rc = p.poll() if p else None
+        if rc is None:
+            return "exited"
+        return f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
 
     def stop(self, name, sig=signal.SIGTERM, deadline=10.0):
         """Signal one of ours by pid (only if it is still the process we started) and wait
@@ -551,7 +560,8 @@ def cmd_start(d, out=print):
         def ready():
             dead = [n for n in st.procs if not st.alive(n)]
             if dead:
-                raise RuntimeError("exited: " + ", ".join(dead) + "\n" + "\n".join(
+                raise RuntimeError(", ".join(f"{n} {st.exit_status(n)}" for n in dead) +
+                                   "\n" + "\n".join(
                     f"--- {n} ({st.procs[n]['log']})\n{st.log_tail(n)}" for n in dead))
             return (all(web_ready(d, s, i) for s in SITES for i in range(len(d.web_ports)))
                     and all(syncd_ready(d, s) for s in SITES)
