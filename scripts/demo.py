@@ -158,7 +158,7 @@ def multisited_yaml(d, me):
         ip = d.addr[s]
         out += [f"  - name: {s}",
                 f"    addresses: [{ip}]    # what DNS answers: the site's HAProxy",
-                f"    heartbeat-peers: [\"{ip}:{d.hb_port}\"]    # the other site is known by these",
+                f"    heartbeat-peers: [\"{ip}:{d.hb_port}\"]    # the other site knows it by these",
                 "    web-servers:"]
         out += [f"      - {{name: web{i + 1}, address: \"{ip}:{p}\"}}"
                 for i, p in enumerate(d.web_ports)]
@@ -889,10 +889,10 @@ def cmd_failover(d, out=print):
             d.db("a"), "SELECT site FROM guestbook WHERE message = ?", msg), STEP_DEADLINE)
         w.check("a's database has b's guestbook entry", ent == "b",
                 f"site column {ent!r}" if ent else "not there")
-        v = wait_for(lambda: sqlite_value(d.db("a"), "SELECT visits FROM sessions WHERE id = ?",
-                                          sid) == 3, STEP_DEADLINE)
+        q = "SELECT visits FROM sessions WHERE id = ?"
+        v = wait_for(lambda: sqlite_value(d.db("a"), q, sid) == 3, STEP_DEADLINE)
         w.check("a's database has the session's visit at b (visits = 3)", v,
-                f"visits {sqlite_value(d.db('a'), 'SELECT visits FROM sessions WHERE id = ?', sid)}")
+                f"visits {sqlite_value(d.db('a'), q, sid)}")
         ok = wait_for(lambda: d.identity("a") in request(A, d.http_port, "GET", "/db")[2],
                       STEP_DEADLINE)
         w.check(f"a's HAProxy ({A}:{d.http_port}) serves a's database page again", ok,
