@@ -32,7 +32,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define WINDOW            4
+#define WINDOW            2 /* batches in flight: more only queues changes behind each other */
 #define IDLE_HEARTBEAT_MS 1000
 #define DEAD_MS           30000  /* an apply of a big window may take seconds */
 #define LAG_SAMPLES       131072 /* over 2 min at 1,000 changes/s */

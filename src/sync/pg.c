@@ -820,9 +820,9 @@ static int apply_set(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const 
                "c.\"%s\" = k.p::%s LEFT JOIN \"%s\" t ON t.\"%s\" = k.p::%s ORDER BY k.i",
                t->name, P, t->types[0], t->name, P, t->types[0]);
     const char *p1[1] = {cstr(&keys)};
-    /* Lock in the order the capture trigger does (the row, then its clock row), so a local
-     * writer and the agent cannot deadlock, and no local change slips in between the read
-     * of the versions below and the writes. */
+    /* Lock the rows first, so no local change slips in between the read of the versions
+     * below and the writes (a writer holds the row until its trigger has written the clock
+     * row and it commits). */
     buf_t lk;
     buf_init(&lk);
     buf_printf(&lk,
@@ -830,17 +830,8 @@ static int apply_set(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const 
                "ORDER BY x.\"%s\" FOR UPDATE OF x",
                t->name, t->types[0], P, P);
     PGresult *r = q(s, cstr(&lk), 1, p1);
-    bool locked = r != NULL;
-    PQclear(r);
-    r = NULL;
-    buf_reset(&lk);
-    buf_printf(&lk,
-               "SELECT 1 FROM \"rep_c_%s\" x JOIN unnest($1::text[]::%s[]) k(p) ON x.\"%s\" = "
-               "k.p ORDER BY x.\"%s\" FOR UPDATE OF x",
-               t->name, t->types[0], P, P);
-    if (locked) {
-        r = q(s, cstr(&lk), 1, p1);
-    }
+    /* The clock rows need no lock of their own: only the capture trigger writes them, and
+     * only while its transaction holds the row locked above. */
     buf_deinit(&lk);
     if (!r) {
         buf_deinit(&keys);
@@ -1276,14 +1267,6 @@ static int apply_entries(pg_db_t *s, const sync_batch_t *b, uint64_t after, sync
         ex(s, "RELEASE SAVEPOINT rep_chunk");
     }
     free(sel);
-    if (rc == 0 && res->max_hlc) {
-        char h[32];
-        snprintf(h, sizeof(h), "%llu", (unsigned long long)res->max_hlc);
-        const char *p[1] = {h};
-        PGresult *r = q(s, "UPDATE rep_meta SET hlc = greatest(hlc, $1::bigint)", 1, p);
-        rc = r ? 0 : MS_EDB;
-        PQclear(r);
-    }
     return rc;
 }
 
@@ -1314,15 +1297,25 @@ static int pg_apply(sync_db_t *db, const sync_batch_t *b, sync_apply_res_t *res)
     pg_db_t *s = (pg_db_t *)db;
     memset(res, 0, sizeof(*res));
     sync_fault("apply.before-begin");
-    if (ex(s, "BEGIN") != 0) {
+    /* One round trip: begin, capture off, the cursor (locked). */
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "BEGIN; SET LOCAL rep.applying = 'on'; SELECT applied_seq, applied FROM rep_inbound"
+             " WHERE origin = %u FOR UPDATE",
+             b->origin);
+    PGresult *r0 = q(s, sql, 0, NULL);
+    if (!r0) {
+        PQclear(PQexec(s->pc, "ROLLBACK"));
         return MS_EDB;
     }
     sync_fault("apply.begin");
     uint64_t applied_seq = 0, count = 0;
-    int rc = ex(s, "SET LOCAL rep.applying = 'on'");
-    if (rc == 0) {
-        rc = inbound_get(s, b->origin, &applied_seq, &count, true);
+    int rc = 0;
+    if (PQntuples(r0) > 0) {
+        applied_seq = strtoull(PQgetvalue(r0, 0, 0), NULL, 10);
+        count = strtoull(PQgetvalue(r0, 0, 1), NULL, 10);
     }
+    PQclear(r0);
     if (rc == 0 && b->seq_hi > applied_seq) {
         rc = apply_entries(s, b, applied_seq, res, 0);
         sync_fault("apply.entry");
@@ -1334,20 +1327,19 @@ static int pg_apply(sync_db_t *db, const sync_batch_t *b, sync_apply_res_t *res)
             snprintf(
                 cnt, sizeof(cnt), "%llu",
                 (unsigned long long)(count + res->entries_applied + res->quarantined + res->held));
-            const char *p[3] = {o, sq, cnt};
-            PGresult *r = q(s,
-                            "INSERT INTO rep_inbound(origin, applied_seq, applied) VALUES($1::int,"
-                            " $2::bigint, $3::bigint) ON CONFLICT (origin) DO UPDATE SET "
-                            "applied_seq = excluded.applied_seq, applied = excluded.applied",
-                            3, p);
-            rc = r ? 0 : MS_EDB;
-            PQclear(r);
+            sync_fault("apply.commit");
+            /* One round trip: the HLC floor, the cursor, commit. */
+            char fin[512];
+            snprintf(fin, sizeof(fin),
+                     "UPDATE rep_meta SET hlc = greatest(hlc, %llu); INSERT INTO "
+                     "rep_inbound(origin, applied_seq, applied) VALUES(%s, %s, %s) ON CONFLICT "
+                     "(origin) DO UPDATE SET applied_seq = excluded.applied_seq, applied = "
+                     "excluded.applied; COMMIT",
+                     (unsigned long long)res->max_hlc, o, sq, cnt);
+            rc = ex(s, fin);
         }
     } else if (rc == 0) {
         res->entries_skipped = b->nentries;
-    }
-    if (rc == 0) {
-        sync_fault("apply.commit");
         rc = ex(s, "COMMIT");
     }
     if (rc != 0) {
@@ -1390,6 +1382,12 @@ static int pg_retry(sync_db_t *db, sync_apply_res_t *res)
             break;
         }
         int x = apply_entries(s, &msg.u.batch, 0, &r1, id);
+        if (x == 0 && r1.max_hlc) {
+            char h[96];
+            snprintf(h, sizeof(h), "UPDATE rep_meta SET hlc = greatest(hlc, %llu)",
+                     (unsigned long long)r1.max_hlc);
+            x = ex(s, h);
+        }
         if (x == 0 && r1.entries_applied) {
             char ids[96];
             snprintf(ids, sizeof(ids), "DELETE FROM rep_quarantine WHERE id = %lld", (long long)id);
