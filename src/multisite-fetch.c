@@ -60,7 +60,18 @@ static void sleep_ms(uint32_t ms)
 
 int main(int argc, char **argv)
 {
-    enum { O_SERVER = 256, O_RESOLV, O_COUNT, O_INTERVAL, O_TIMEOUT, O_CTO, O_IOTO, O_TTL, O_BODY };
+    enum {
+        O_SERVER = 256,
+        O_RESOLV,
+        O_COUNT,
+        O_INTERVAL,
+        O_TIMEOUT,
+        O_CTO,
+        O_IOTO,
+        O_TTL,
+        O_BODY,
+        O_SESSION
+    };
     static const struct option longopts[] = {{"server", required_argument, NULL, O_SERVER},
                                              {"resolv-conf", required_argument, NULL, O_RESOLV},
                                              {"count", required_argument, NULL, O_COUNT},
@@ -70,6 +81,8 @@ int main(int argc, char **argv)
                                              {"io-timeout", required_argument, NULL, O_IOTO},
                                              {"max-ttl", required_argument, NULL, O_TTL},
                                              {"body", no_argument, NULL, O_BODY},
+                                             {"session", no_argument, NULL, O_SESSION},
+                                             {"header", required_argument, NULL, 'H'},
                                              {"quiet", no_argument, NULL, 'q'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
@@ -78,9 +91,13 @@ int main(int argc, char **argv)
     o.servers = servers;
     o.connect_timeout_ms = o.io_timeout_ms = 1000;
     uint32_t count = 1, interval = 1000, v;
-    bool quiet = false, body = false;
+    bool quiet = false, body = false, session = false;
+    enum { MAX_HDR = 15 }; /* plus the session cookie: the library's limit of 16 */
+    const char *headers[MAX_HDR + 1];
+    size_t n_headers = 0;
+    char cookie[300] = "";
     int c;
-    while ((c = getopt_long(argc, argv, "46qh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "46qhH:", longopts, NULL)) != -1) {
         switch (c) {
         case O_SERVER:
             if (o.n_servers == MSC_MAX_SERVERS) {
@@ -119,6 +136,15 @@ int main(int argc, char **argv)
         case '6': o.family = AF_INET6; break;
         case 'q': quiet = true; break;
         case O_BODY: body = true; break;
+        case O_SESSION: session = true; break;
+        case 'H':
+            if (n_headers == MAX_HDR || !strchr(optarg, ':')) {
+                fprintf(stderr, "multisite-fetch: --header wants 'Name: value', at most %d\n",
+                        MAX_HDR);
+                return 2;
+            }
+            headers[n_headers++] = optarg;
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -142,9 +168,15 @@ int main(int argc, char **argv)
     for (uint32_t i = 1; i <= count; i++) {
         msc_http_result_t r;
         double t = (double)(time_mono_ms() - t_start) / 1000.0;
-        int rc = msc_http_get(m, url, &r);
+        size_t nh = n_headers;
+        if (session && cookie[0]) {
+            headers[nh++] = cookie;
+        }
+        int rc = msc_http_get_with(m, url, headers, nh, &r);
         if (rc == MS_EINVAL) {
-            fprintf(stderr, "multisite-fetch: bad URL '%s' (expected http://NAME[:PORT]/path)\n",
+            fprintf(stderr,
+                    "multisite-fetch: bad URL '%s' (expected http://NAME[:PORT]/path) or "
+                    "header\n",
                     url);
             msc_free(m);
             return 2;
@@ -158,6 +190,9 @@ int main(int argc, char **argv)
             printf("#%u +%.3fs %s %d served-by=%s attempts=%u %ums\n", i, t,
                    net_addr_str(&r.addr, a, sizeof(a)), r.status,
                    r.served_by[0] ? r.served_by : "-", r.attempts, r.elapsed_ms);
+            if (session && r.cookie[0]) {
+                snprintf(cookie, sizeof(cookie), "Cookie: %s", r.cookie);
+            }
             if (body) {
                 fwrite(r.body, 1, r.body_len, stdout);
                 printf("\n");

@@ -88,6 +88,7 @@ typedef struct {
     int status;          /* HTTP status code */
     net_addr_t addr;     /* the address that answered */
     char served_by[128]; /* X-Served-By header ("" when absent), control bytes replaced */
+    char cookie[256];    /* NAME=VALUE of the first Set-Cookie ("" when none) */
     char *body;          /* NUL-terminated, heap; free with msc_http_result_free() */
     size_t body_len;
     unsigned attempts;   /* addresses tried, including the one that answered */
@@ -101,6 +102,10 @@ typedef struct {
  * success of the transport: the caller judges 4xx and 500); MS_EINVAL for a bad URL;
  * MS_EIO or MS_ENOENT as msc_connect. */
 int msc_http_get(msc_t *m, const char *url, msc_http_result_t *out) MS_WUR;
+/* The same with extra request headers, each "Name: value" (e.g. "Cookie: msid=..."), at
+ * most 16 and 4 KiB together; MS_EINVAL for one without a colon or with a control byte. */
+int msc_http_get_with(msc_t *m, const char *url, const char *const *headers, size_t n_headers,
+                      msc_http_result_t *out) MS_WUR;
 void msc_http_result_free(msc_http_result_t *r); /* frees body; accepts NULL */
 
 #endif

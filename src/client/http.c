@@ -18,7 +18,9 @@
 #include <strings.h>
 #include <unistd.h>
 
-#define RESPONSE_TIMEOUTS 4
+#define RESPONSE_TIMEOUTS  4
+#define MSC_HTTP_MAX_EXTRA 4096 /* extra request headers, CRLFs included */
+#define MSC_HTTP_MAX_NHDR  16
 
 int msc_url_parse(const char *url, msc_url_t *out)
 {
@@ -154,6 +156,7 @@ int msc_http_parse(const uint8_t *resp, size_t len, msc_http_result_t *out)
     const uint8_t *end = resp + len, *p = resp;
     out->status = 0;
     out->served_by[0] = 0;
+    out->cookie[0] = 0;
     /* status line: HTTP/1.x NNN reason */
     const uint8_t *eol = find_crlf(p, end);
     if (!eol || eol - p < 12 || memcmp(p, "HTTP/1.", 7) != 0 || p[8] != ' ' ||
@@ -189,6 +192,11 @@ int msc_http_parse(const uint8_t *resp, size_t len, msc_http_result_t *out)
         copy_value(v, sizeof(v), colon + 1, eol);
         if (header_is(p, colon, "X-Served-By")) {
             snprintf(out->served_by, sizeof(out->served_by), "%s", v);
+        } else if (header_is(p, colon, "Set-Cookie") && !out->cookie[0]) {
+            char c[sizeof(out->cookie)];
+            copy_value(c, sizeof(c), colon + 1, eol);
+            c[strcspn(c, ";")] = 0; /* NAME=VALUE; attributes are not ours to keep */
+            snprintf(out->cookie, sizeof(out->cookie), "%s", c);
         } else if (header_is(p, colon, "Content-Length")) {
             uint64_t n;
             if (!parse_u64(v, &n) || n > MSC_HTTP_MAX_BODY || (clen >= 0 && (uint64_t)clen != n)) {
@@ -231,15 +239,15 @@ int msc_http_parse(const uint8_t *resp, size_t len, msc_http_result_t *out)
 
 /* Send the request and read until the server closes, within the limits. Returns 0 or a
  * negative code with a reason in why. */
-static int exchange(msc_t *m, int fd, const msc_url_t *u, msc_http_result_t *out, char *why,
-                    size_t whylen)
+static int exchange(msc_t *m, int fd, const msc_url_t *u, const char *extra, msc_http_result_t *out,
+                    char *why, size_t whylen)
 {
-    char req[2600];
+    char req[2600 + MSC_HTTP_MAX_EXTRA];
     bool v6 = strchr(u->host, ':') != NULL;
     int rl = snprintf(req, sizeof(req),
                       "GET %s HTTP/1.1\r\nHost: %s%s%s:%u\r\nUser-Agent: multisite-fetch/%s\r\n"
-                      "Accept: */*\r\nConnection: close\r\n\r\n",
-                      u->path, v6 ? "[" : "", u->host, v6 ? "]" : "", u->port, MS_VERSION);
+                      "Accept: */*\r\n%sConnection: close\r\n\r\n",
+                      u->path, v6 ? "[" : "", u->host, v6 ? "]" : "", u->port, MS_VERSION, extra);
     for (int off = 0; off < rl;) {
         ssize_t w = send(fd, req + off, (size_t)(rl - off), MSG_NOSIGNAL);
         if (w <= 0) {
@@ -297,11 +305,44 @@ static int exchange(msc_t *m, int fd, const msc_url_t *u, msc_http_result_t *out
     return rc;
 }
 
+/* Extra headers -> "Name: value\r\n..." in extra (MSC_HTTP_MAX_EXTRA + 1 bytes). */
+static int extra_headers(const char *const *h, size_t n, char *extra)
+{
+    size_t o = 0;
+    extra[0] = 0;
+    if (n > MSC_HTTP_MAX_NHDR) {
+        return MS_EINVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *colon = strchr(h[i], ':');
+        size_t l = strlen(h[i]);
+        if (!colon || colon == h[i] || o + l + 2 > MSC_HTTP_MAX_EXTRA) {
+            return MS_EINVAL;
+        }
+        for (const char *c = h[i]; *c; c++) {
+            if (((unsigned char)*c < 32 && *c != '\t') || *c == 127) {
+                return MS_EINVAL; /* no CR/LF: one header per entry, no injection */
+            }
+        }
+        memcpy(extra + o, h[i], l);
+        memcpy(extra + o + l, "\r\n", 3);
+        o += l + 2;
+    }
+    return 0;
+}
+
 int msc_http_get(msc_t *m, const char *url, msc_http_result_t *out)
+{
+    return msc_http_get_with(m, url, NULL, 0, out);
+}
+
+int msc_http_get_with(msc_t *m, const char *url, const char *const *headers, size_t n_headers,
+                      msc_http_result_t *out)
 {
     memset(out, 0, sizeof(*out));
     msc_url_t u;
-    if (msc_url_parse(url, &u)) {
+    char extra[MSC_HTTP_MAX_EXTRA + 1];
+    if (msc_url_parse(url, &u) || extra_headers(headers, n_headers, extra)) {
         return MS_EINVAL;
     }
     uint64_t t0 = time_mono_ms();
@@ -317,7 +358,7 @@ int msc_http_get(msc_t *m, const char *url, msc_http_result_t *out)
             break;
         }
         char why[256];
-        rc = exchange(m, msc_conn_fd(c), &u, out, why, sizeof(why));
+        rc = exchange(m, msc_conn_fd(c), &u, extra, out, why, sizeof(why));
         if (rc == 0 && (out->status == 502 || out->status == 503 || out->status == 504)) {
             snprintf(why, sizeof(why), "HTTP %d", out->status);
             msc_http_result_free(out);

@@ -43,6 +43,8 @@ class Backend:
         self.addr, self.port, self.name, self.plan = addr, port, name, list(plan)
         self.requests = 0
         self.held = []
+        self.seen = []  # request heads, in order
+        self.set_cookie = None  # sent with every response when set
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((addr, port))
@@ -75,6 +77,7 @@ class Backend:
             if not chunk:
                 break
             data += chunk
+        self.seen.append(data.decode(errors="replace"))
         if mode == "hang":
             self.held.append(c)
             return
@@ -85,7 +88,8 @@ class Backend:
             return
         status = 200 if mode == "ok" else int(mode)
         body = f"{self.name} {status}\n".encode()
-        c.sendall(f"HTTP/1.1 {status} X\r\nX-Served-By: {self.name}\r\n"
+        cookie = f"Set-Cookie: {self.set_cookie}\r\n" if self.set_cookie else ""
+        c.sendall(f"HTTP/1.1 {status} X\r\nX-Served-By: {self.name}\r\n{cookie}"
                   f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
         c.close()
 
@@ -455,6 +459,25 @@ def test_all_dead_asks_dns_again(dnsd, port):
     assert ok and all(r["by"] == "b/web1" for r in ok), out
     assert ok[0]["t"] <= 1.0 + 0.4 + 0.3, out
     assert all("by" in r for r in reqs[reqs.index(ok[0]):]), out
+
+
+def test_session_follows_the_client(dnsd, port):
+    """--session: the cookie site A set goes to site B after the failover, so one session
+    continues across sites (what the demo shows with its stateless web tier)."""
+    dnsd.set(["127.0.0.2", "127.0.0.3"])
+    a = Backend("127.0.0.2", port, "a/web1", plan=("ok", "503"))
+    a.set_cookie = "msid=0123abcd; Path=/; HttpOnly"
+    b = Backend("127.0.0.3", port, "b/web1")
+    try:
+        rc, reqs, out = fetch(dnsd, port, "--session", "-H", "X-Test: yes", count=3)
+    finally:
+        a.stop()
+        b.stop()
+    assert rc == 0 and [r["by"] for r in reqs] == ["a/web1", "b/web1", "b/web1"], out
+    assert "Cookie:" not in a.seen[0] and "X-Test: yes" in a.seen[0], a.seen[0]
+    for head in a.seen[1:] + b.seen:
+        assert "\r\nCookie: msid=0123abcd\r\n" in head, head
+        assert "Path" not in head.split("Cookie:")[1].split("\r\n")[0], head
 
 
 def test_dns_server_fallback_and_tcp(dnsd, port):

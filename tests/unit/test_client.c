@@ -802,7 +802,7 @@ static void test_http(void)
     static const struct {
         const char *what, *resp;
         int rc, status;
-        const char *served_by, *body;
+        const char *served_by, *body, *cookie;
     } t[] = {
         {"content-length", "HTTP/1.1 200 OK\r\nX-Served-By: a/web1\r\nContent-Length: 2\r\n\r\nhi",
          0, 200, "a/web1", "hi"},
@@ -832,6 +832,10 @@ static void test_http(void)
         {"two lengths", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
          MS_EPARSE},
         {"negative length", "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", MS_EPARSE},
+        {"Set-Cookie: first kept, attributes dropped",
+         "HTTP/1.1 200 OK\r\nSet-Cookie: msid=abc123; Path=/; HttpOnly\r\n"
+         "Set-Cookie: other=1\r\nContent-Length: 0\r\n\r\n",
+         0, 200, "", "", "msid=abc123"},
         {"gzip coding", "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", MS_EPARSE},
     };
     for (size_t i = 0; i < MS_ARRAY_LEN(t); i++) {
@@ -843,9 +847,31 @@ static void test_http(void)
                        strcmp(r.body, t[i].body) == 0,
                    "http: %s: status %d, served by '%s', body '%s'", t[i].what, t[i].status,
                    t[i].served_by, t[i].body);
+            tap_ok(strcmp(r.cookie, t[i].cookie ? t[i].cookie : "") == 0, "http: %s: cookie '%s'",
+                   t[i].what, r.cookie);
         }
         msc_http_result_free(&r);
     }
+    /* Extra request headers are checked before anything goes out. */
+    msc_opts_t o = {0};
+    o.servers = (const char *const[]){"127.0.0.1:1"};
+    o.n_servers = 1;
+    msc_t *m = msc_new(&o, NULL, 0);
+    static const char *const bad[][1] = {
+        {"Cookie: a=b\r\nX-Injected: 1"}, {"NoColon"}, {": empty name"}, {"X: \n"}};
+    for (size_t i = 0; i < MS_ARRAY_LEN(bad); i++) {
+        msc_http_result_t r;
+        TAP_EQ_INT(msc_http_get_with(m, "http://127.0.0.1:1/", bad[i], 1, &r), MS_EINVAL,
+                   "bad extra header %zu refused", i);
+    }
+    const char *many[17];
+    for (size_t i = 0; i < 17; i++) {
+        many[i] = "X-A: b";
+    }
+    msc_http_result_t r;
+    TAP_EQ_INT(msc_http_get_with(m, "http://127.0.0.1:1/", many, 17, &r), MS_EINVAL,
+               "17 extra headers refused");
+    msc_free(m);
 }
 
 /* ---- sticky cursor and TTL: fake clock, fake resolver, real loopback listeners ---- */
