@@ -158,7 +158,7 @@ def multisited_yaml(d, me):
         ip = d.addr[s]
         out += [f"  - name: {s}",
                 f"    addresses: [{ip}]    # what DNS answers: the site's HAProxy",
-                f"    heartbeat-peers: [\"{ip}:{d.hb_port}\"]    # the other site knows it by these",
+                f"    heartbeat-peers: [\"{ip}:{d.hb_port}\"]  # the other site knows it by these",
                 "    web-servers:"]
         out += [f"      - {{name: web{i + 1}, address: \"{ip}:{p}\"}}"
                 for i, p in enumerate(d.web_ports)]
@@ -580,11 +580,11 @@ def cmd_start(d, out=print):
         out("demo: stopped everything it had started")
         return 1
     out(f"demo: ready in {time.monotonic() - t0:.1f}s; run directory {d.run}")
-    print_howto(d, st, out)
+    print_howto(d, out)
     return 0
 
 
-def print_howto(d, st, out=print):
+def print_howto(d, out=print):
     rel = os.path.relpath(d.run, os.getcwd())
     rel = rel if not rel.startswith("..") else d.run
     b = os.path.relpath(d.build, os.getcwd())
@@ -594,7 +594,7 @@ def print_howto(d, st, out=print):
         ip = d.addr[s]
         out(f"site {s}: multisited {d.dns(s)}  HAProxy {ip}:{d.http_port}  web "
             + " ".join(f"{ip}:{p}" for p in d.web_ports)
-            + f"  syncd {ip}:{d.sync_port}  db {os.path.relpath(d.db(s), os.getcwd())}")
+            + f"  syncd {ip}:{d.sync_port}  db {rel}/{s}/site.sqlite")
     out("")
     out(f"Ask either site's DNS server for {NAME} (a then b; b first from b's region):")
     for s in SITES:
@@ -607,8 +607,8 @@ def print_howto(d, st, out=print):
     argv = d.fetch_argv("--count", "20", "--interval", "500")
     argv[0] = os.path.join(b, "multisite-fetch")
     out("  " + " ".join(argv))
-    out(f"  curl --resolve {NAME}:{d.http_port}:{d.addr['a']} "
-        f"http://{NAME}:{d.http_port}/")
+    out(f"  curl -si --resolve {NAME}:{d.http_port}:{d.addr['a']} "
+        f"http://{NAME}:{d.http_port}/session     # one site, by hand")
     out("")
     out("Status:")
     for s in SITES:
@@ -766,10 +766,6 @@ class Walk:
             self.check(f"{cmd} -> {' '.join(want) or 'nothing'} ({what})", got == want,
                        f"after {time.monotonic() - t:.1f}s" if got == want else
                        f"got {got} after {deadline:.0f}s")
-
-
-def site_of(addr_map, ip):
-    return {v: k for k, v in addr_map.items()}.get(ip, ip)
 
 
 def cmd_failover(d, out=print):
