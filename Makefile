@@ -106,7 +106,7 @@ integration: $(PROGS)
 # The DNS integration tests once more against the ASan+UBSan daemon: real traffic through the
 # sanitizers, and LeakSanitizer at exit (the tests require a clean exit status).
 ASAN_INTEGRATION := tests/integration/test_dns_diff.py tests/integration/test_server.py \
-	tests/integration/test_ctl.py
+	tests/integration/test_ctl.py tests/integration/test_status.py
 integration-asan: $(PROGS)
 	MS_BUILD=$(abspath $(BUILD)) /usr/bin/python3 -m pytest -q -p no:cacheprovider $(ASAN_INTEGRATION)
 

@@ -12,6 +12,7 @@ knot knot-dnsutils dnsutils dnsperf gdnsd
 python3 python3-dnspython python3-pytest python3-hypothesis python3-psycopg2
 postgresql haproxy iproute2 iptables procps psmisc
 libmaxmind-db-writer-perl mmdb-bin scdoc systemd
+chromium prometheus
 "
 
 SUDO=""

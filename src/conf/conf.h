@@ -237,9 +237,9 @@ typedef struct conf {
     unsigned udp_max_payload;
     unsigned log_level; /* index into conf_log_levels */
     bool log_syslog;
-    char *control_socket; /* multisitectl's unix socket; "" = none */
-    char *state_file;     /* operator state (drain, force) kept across restarts; "" = none */
-    char *status_listen;  /* status HTTP endpoint ADDR:PORT (/status, /metrics, /); "" = none */
+    char *control_socket;     /* multisitectl's unix socket; "" = none */
+    char *state_file;         /* operator state (drain, force) kept across restarts; "" = none */
+    char *status_listen;      /* status HTTP endpoint ADDR:PORT (/status, /metrics, /); "" = none */
     char *sync_status_socket; /* multisite-syncd's status socket, shown on it; "" = none */
     /* zones: */
     conf_zone_t *zones;

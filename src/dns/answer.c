@@ -967,8 +967,8 @@ static const struct {
     uint16_t type;
     const char *name;
 } qtype_slots[DNS_QTYPE_OTHER] = {
-    {1, "A"},    {2, "NS"},   {5, "CNAME"}, {6, "SOA"},    {12, "PTR"},   {15, "MX"},
-    {16, "TXT"}, {28, "AAAA"}, {33, "SRV"}, {64, "SVCB"}, {65, "HTTPS"}, {255, "ANY"},
+    {1, "A"},    {2, "NS"},    {5, "CNAME"}, {6, "SOA"},   {12, "PTR"},   {15, "MX"},
+    {16, "TXT"}, {28, "AAAA"}, {33, "SRV"},  {64, "SVCB"}, {65, "HTTPS"}, {255, "ANY"},
 };
 
 unsigned dns_qtype_slot(uint16_t qtype)

@@ -16,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-const double health_rtt_bounds_ms[HEALTH_RTT_BUCKETS] = {1,   2.5, 5,    10,   25,   50,
-                                                          100, 250, 500, 1000, 2500, 5000};
+const double health_rtt_bounds_ms[HEALTH_RTT_BUCKETS] = {1,   2.5, 5,   10,   25,   50,
+                                                         100, 250, 500, 1000, 2500, 5000};
 
 static void timer_cb(uv_timer_t *tm);
 
