@@ -82,9 +82,10 @@ run: deps
 	$(BUILD)/multisited -c examples/multisited.yaml
 
 # The two-site demo (docs/demo.md): everything in the background, pids and logs in run/demo/.
+# DEMO_ARGS: other addresses or ports, e.g. DEMO_ARGS='--http-port 9080 --dns-port 5301'.
 demo: deps
 	$(MAKE) -j$(shell nproc 2>/dev/null || echo 2) all
-	/usr/bin/python3 scripts/demo.py start --build $(BUILD)
+	/usr/bin/python3 scripts/demo.py start --build $(BUILD) $(DEMO_ARGS)
 demo-stop:
 	/usr/bin/python3 scripts/demo.py stop
 demo-failover:

@@ -504,7 +504,8 @@ def cmd_start(d, out=print):
             if not bindable(d.addr[s], p)]
     if busy:
         out("demo: in use already: " + ", ".join(busy) +
-            " (another demo? `make demo-stop`, or pick other addresses with --addr-a/--addr-b)")
+            " (another demo? `make demo-stop`; or choose: make demo DEMO_ARGS='--http-port 9080"
+            " --dns-port 5301 --addr-a 127.0.11.1 --addr-b 127.0.21.1')")
         return 1
 
     os.makedirs(d.run, exist_ok=True)
@@ -938,11 +939,13 @@ def main(argv=None):
                     help="where the programs are (default build)")
     ap.add_argument("--addr-a", default="127.0.10.1", help="site a's loopback address")
     ap.add_argument("--addr-b", default="127.0.20.1", help="site b's loopback address")
-    ap.add_argument("--http-port", type=int, default=8080, help="HAProxy's port at each site")
+    ap.add_argument("--http-port", type=int, default=8080,
+                    help="HAProxy's port at each site; the web servers get the next two")
     ap.add_argument("--dns-port", type=int, default=5300, help="multisited's port at each site")
     a = ap.parse_args(argv)
     if a.command == "start":
-        d = Demo(a.run_dir, a.build, a.addr_a, a.addr_b, a.http_port, a.dns_port)
+        d = Demo(a.run_dir, a.build, a.addr_a, a.addr_b, a.http_port, a.dns_port,
+                 web_ports=(a.http_port + 1, a.http_port + 2))
         return cmd_start(d)
     if not os.path.exists(os.path.join(a.run_dir, "state.json")):
         if a.command == "stop":
