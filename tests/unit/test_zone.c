@@ -415,17 +415,20 @@ static void test_limits(void)
     buf_t b;
     buf_init(&b);
     buf_printf(&b, "%s", SOA_NS);
+    /* 65536 distinct TXT RRs of 64 different lengths (so the loader's duplicate check,
+     * which compares lengths first, stays cheap), then a type after TXT at the same name. */
     for (int i = 0; i < 65536; i++) {
-        buf_printf(&b, "many A 10.%d.%d.%d\n", i >> 16, (i >> 8) & 255, i & 255);
+        buf_printf(&b, "many TXT \"%04x%.*s\"\n", i, i % 64,
+                   "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
     }
-    buf_printf(&b, "many TXT \"after\"\n");
+    buf_printf(&b, "many AAAA 2001:db8::1\n");
     char err[512] = "";
     zone_t *z = NULL;
     int rc = zone_load_string("example.com", (char *)b.data, b.len, &z, err, sizeof(err));
     if (rc == 0) {
         /* Only the first RRset is safe to look at: the walk past it is what goes wrong. */
         const zone_node_t *n = find(z, "many.example.com");
-        tap_diag("  loaded: A count %u (of 65536)",
+        tap_diag("  loaded: TXT count %u (of 65536)",
                  n ? zone_rrset_count(zone_node_rrset(n, 0)) : 0);
     }
     tap_ok(rc == MS_EPARSE && z == NULL && strncmp(err, "(string):", 9) == 0,
