@@ -326,6 +326,47 @@ def _split(prefix):
     return a, int(ln)
 
 
+def test_many_clients_in_parallel(env):
+    """3,000 ECS queries for distinct /32 clients, from 6 threads at once, in a shuffled mix
+    of GeoIP networks and subnet-map entries: every answer has the right order and scope.
+    This drives the per-thread GeoIP caches (1,024 entries each) through many evictions and
+    hash collisions."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+    srv = env[0]
+    rnd = random.Random(7)
+    cases = []
+    for _ in range(3000):
+        k = rnd.randrange(5)
+        x, y = rnd.randrange(256), rnd.randrange(256)
+        if k == 0:
+            cases.append((f"203.0.113.{x}", ("us", "eu", "ap"), 24))
+        elif k == 1:
+            cases.append((f"192.0.2.{x}", ("ap", "eu", "us") if x < 128 else ("eu", "us", "ap"),
+                          25))
+        elif k == 2:
+            cases.append((f"100.64.{y}.{x}", ("eu", "ap", "us"), 16))
+        elif k == 3:
+            cases.append((f"10.1.{y}.{x}", ("eu", "ap", "us") if y < 128 else ("ap", "eu", "us"),
+                          17))
+        else:
+            cases.append((f"2001:db8:6000:{y:x}::{x:x}", ("us", "eu", "ap"), 48))
+
+    def run(chunk):
+        bad = []
+        for addr, order, scope in chunk:
+            plen = 128 if ":" in addr else 32
+            r = query(srv, "geo.example.com.", ecs=f"{addr}/{plen}")
+            o = ecs_of(r)
+            if addrs(r) != order_of(*order) or o is None or o.scopelen != scope:
+                bad.append((addr, [ADDR.get(a, a) for a in addrs(r)], o and o.scopelen))
+        return bad
+
+    with ThreadPoolExecutor(6) as ex:
+        bad = [b for res in ex.map(run, [cases[i::6] for i in range(6)]) for b in res]
+    assert not bad, f"{len(bad)} wrong answers, e.g. {bad[:5]}"
+
+
 def test_aaaa_follows_the_same_order(env):
     r = query(env[0], "geo.example.com.", "AAAA", ecs="10.2.0.0/16")
     assert addrs(r) == [SITES[s][1] for s in ("us", "eu", "ap")]
