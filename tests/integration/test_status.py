@@ -339,3 +339,67 @@ def test_site_down_moves_metrics_and_dashboard(env, tmp_path_factory):
     finally:
         env["webs"]["us"] = Listener(port)
     wait_all_up(env)
+
+
+def test_replication_from_a_real_syncd(workdir, tmp_path):
+    """multisite-syncd (SQLite) at two sites, only s1's agent running at first: rows written at
+    s1 pile up for s2, and the us multisited pointed at s1's status socket shows the backlog
+    and lag; once s2 runs they drain to zero; when s1's agent stops, the endpoint says so."""
+    from sync_harness import SYNCD, Cluster
+    assert os.access(SYNCD, os.X_OK), f"{SYNCD} is not built"
+    c = Cluster(tmp_path, 2)
+    try:
+        c.init()
+        s1, s2 = c.sites
+        s1.start()
+        for i in range(7):
+            s1.sql("INSERT INTO items(id, a) VALUES (?, ?)", (i, f"row {i}"))
+
+        def make(port):
+            http_port = free_port(v6=False)
+            text = ms_config(port, ZONES, v6=False).replace(
+                "server:\n", "server:\n  control-socket: \"\"\n"
+                f"  status-listen: \"127.0.0.1:{http_port}\"\n"
+                f"  sync-status-socket: {s1.sock}\n", 1)
+            conf = os.path.join(str(tmp_path), "ms.yaml")
+            with open(conf, "w") as f:
+                f.write(text)
+            e["http"]["us"] = http_port
+            return Server("multisited-sync", [MULTISITED, "-c", conf], port, str(tmp_path),
+                          ["127.0.0.1"])
+        e = {"http": {}}
+        srv = _start_with_retry(make)
+        try:
+            def backlog():
+                st = status(e)
+                peers = (st.get("sync") or {}).get("peers") or []
+                return peers and peers[0]["name"] == "s2" and peers[0]["backlog"] == 7 and st
+            st = wait_for(backlog, 15, "/status to show s1's backlog of 7 rows for s2")
+            assert st["sync"]["site"] == "s1" and st["sync"]["agent"] == "running"
+
+            def lagging():
+                t = metrics_text(e)
+                lag = metric(t, "multisite_sync_lag_seconds", peer="s2")
+                return lag is not None and lag > 0 and t
+            t = wait_for(lagging, 10, "a replication lag for s2 in /metrics")
+            assert metric(t, "multisite_sync_up") == 1
+            assert metric(t, "multisite_sync_backlog", peer="s2") == 7
+            assert metric(t, "multisite_sync_conflicts_total") == 0
+            assert metric(t, "multisite_sync_quarantined_total") == 0
+            r = promtool_check(t)
+            assert r.returncode == 0, f"{r.stdout}{r.stderr}\n---\n{t}"
+
+            s2.start()
+            wait_for(lambda: metric(metrics_text(e), "multisite_sync_backlog", peer="s2") == 0,
+                     20, "the backlog to drain once s2 runs")
+            assert metric(metrics_text(e), "multisite_sync_rows_applied_total", peer="s2") == 0
+
+            s1.stop()
+            wait_for(lambda: status(e)["sync"] is None, 15, "/status to say sync is unreachable")
+            assert metric(metrics_text(e), "multisite_sync_up") == 0
+            assert metric(metrics_text(e), "multisite_sync_backlog", peer="s2") is None
+        finally:
+            rc = srv.stop()
+            assert rc == 0, f"multisited exited with {rc}; log:\n{srv.log_tail()}"
+    finally:
+        c.stop()
