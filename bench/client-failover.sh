@@ -39,7 +39,7 @@ import demo  # noqa: E402
 TRIALS = int(os.environ.get("TRIALS", "10"))
 INTERVAL_MS = int(os.environ.get("INTERVAL_MS", "100"))
 FLOOR = float(os.environ.get("FLOOR_S", demo.FAILOVER_FLOOR))  # issue 6: 2 s
-PORTS = (5300, 5400, 7800, 8080, 8081, 8082)
+PORTS = (5300, 5400, 7800, 8053, 8080, 8081, 8082)
 
 
 def free_pair():

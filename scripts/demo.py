@@ -64,7 +64,7 @@ class Demo:
 
     def __init__(self, run_dir, build, addr_a="127.0.10.1", addr_b="127.0.20.1",
                  http_port=8080, dns_port=5300, hb_port=5400, sync_port=7800,
-                 web_ports=(8081, 8082)):
+                 web_ports=(8081, 8082), status_port=8053):
         self.run = os.path.abspath(run_dir)
         self.build = os.path.abspath(build)
         self.addr = {"a": addr_a, "b": addr_b}
@@ -73,6 +73,7 @@ class Demo:
         self.hb_port = hb_port
         self.sync_port = sync_port
         self.web_ports = tuple(web_ports)
+        self.status_port = status_port
         self.state_path = os.path.join(self.run, "state.json")
 
     @classmethod
@@ -81,12 +82,14 @@ class Demo:
             st = json.load(f)
         c = st["config"]
         return cls(run_dir, c["build"], c["addr"]["a"], c["addr"]["b"], c["http_port"],
-                   c["dns_port"], c["hb_port"], c["sync_port"], c["web_ports"])
+                   c["dns_port"], c["hb_port"], c["sync_port"], c["web_ports"],
+                   c.get("status_port", 8053))
 
     def config(self):
         return {"build": self.build, "addr": self.addr, "http_port": self.http_port,
                 "dns_port": self.dns_port, "hb_port": self.hb_port,
-                "sync_port": self.sync_port, "web_ports": list(self.web_ports)}
+                "sync_port": self.sync_port, "web_ports": list(self.web_ports),
+                "status_port": self.status_port}
 
     def bin(self, prog):
         return os.path.join(self.build, prog)
@@ -150,6 +153,8 @@ def multisited_yaml(d, me):
            f"  identity: ns-{me}",
            f"  nsid: ns-{me}",
            f"  control-socket: {d.path(me, 'multisited.sock')}",
+           f"  status-listen: \"{d.addr[me]}:{d.status_port}\"    # /status, /metrics, dashboard",
+           f"  sync-status-socket: {d.path(me, 'sync.sock')}",
            "zones:",
            f"  - origin: {ZONE}",
            "    file: ../demo.test.zone",
@@ -500,7 +505,8 @@ def cmd_start(d, out=print):
             out(f"demo: {tool} is missing: run scripts/deps.sh (make deps)")
             return 1
     busy = [f"{d.addr[s]}:{p}" for s in SITES
-            for p in (d.dns_port, d.hb_port, d.sync_port, d.http_port) + d.web_ports
+            for p in (d.dns_port, d.hb_port, d.sync_port, d.http_port, d.status_port) +
+            d.web_ports
             if not bindable(d.addr[s], p)]
     if busy:
         out("demo: in use already: " + ", ".join(busy) +
@@ -608,10 +614,16 @@ def print_howto(d, out=print):
     argv = d.fetch_argv("--count", "20", "--interval", "500")
     argv[0] = os.path.join(b, "multisite-fetch")
     out("  " + " ".join(argv))
+    argv = d.fetch_argv("--count", "20", "--interval", "500", "--session", "--body",
+                        path="/session")
+    argv[0] = os.path.join(b, "multisite-fetch")
+    out("  " + " ".join(argv) + "    # one session, wherever it is served")
     out(f"  curl -si --resolve {NAME}:{d.http_port}:{d.addr['a']} "
         f"http://{NAME}:{d.http_port}/session     # one site, by hand")
     out("")
-    out("Status:")
+    out("Status (dashboard, /status JSON, /metrics for Prometheus):")
+    for s in SITES:
+        out(f"  http://{d.addr[s]}:{d.status_port}/    # site {s}'s multisited")
     for s in SITES:
         out(f"  {b}/multisitectl -s {rel}/{s}/multisited.sock status   # site {s}'s view, "
             "with reasons")
@@ -669,14 +681,17 @@ class Client:
     """multisite-fetch running through the walkthrough, every output line stamped with the
     monotonic time it arrived (the request's end), kept and copied to client.log."""
 
-    def __init__(self, d, st, interval_ms=100, path="/health"):
+    def __init__(self, d, st, interval_ms=100, path="/health", session=False):
+        """session: keep the session cookie (multisite-fetch --session) and read /session,
+        so each request's body says which session it is and how many visits it has."""
         self.lines = []  # (monotonic time, line)
         self.lock = threading.Lock()
         self.st = st
         log = os.path.join(d.run, "client.log")
         self.logf = open(log, "a")
+        extra = ["--session", "--body"] if session else []
         argv = d.fetch_argv("--count", "1000000", "--interval", str(interval_ms),
-                            "--timeout", "1000", path=path)
+                            "--timeout", "1000", *extra, path="/session" if session else path)
         self.argv = argv
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, text=True, bufsize=1)
@@ -695,24 +710,29 @@ class Client:
             self.logf.flush()
 
     def requests(self, since=0.0):
-        """[(time, site or None for a failure, line)] of the request lines after `since`."""
+        """[(time, site or None for a failure, line, body as JSON or None)] of the requests
+        that ended after `since`."""
         out = []
         with self.lock:
             lines = list(self.lines)
         for t, line in lines:
-            if t < since or not line.startswith("#"):
-                continue
-            if " FAILED " in line:
-                out.append((t, None, line))
-            elif "served-by=" in line:
+            if line.startswith("{") and out and out[-1][3] is None:  # the body, next line
+                try:
+                    out[-1] = out[-1][:3] + (json.loads(line),)
+                except ValueError:
+                    pass
+            elif line.startswith("#") and " FAILED " in line:
+                out.append((t, None, line, None))
+            elif line.startswith("#") and "served-by=" in line:
                 sb = line.split("served-by=")[1].split()[0]
-                out.append((t, sb.split("/")[0], line))
-        return out
+                out.append((t, sb.split("/")[0], line, None))
+        return [r for r in out if r[0] >= since]
 
     def events(self, since=0.0):
+        """What the library reported (resolutions, failures, moves): the indented lines."""
         with self.lock:
             return [line.strip() for t, line in self.lines
-                    if t >= since and not line.startswith("#")]
+                    if t >= since and line.startswith(" ")]
 
     def stop(self):
         if self.proc.poll() is None:
@@ -823,14 +843,21 @@ def cmd_failover(d, out=print):
                 wait_for(lambda: sqlite_value(d.db("b"), "SELECT visits FROM sessions "
                                               "WHERE id = ?", sid) == 2, STEP_DEADLINE))
 
-        w.step("a client is served by site a")
-        client = Client(d, st)
+        w.step("a client with a session of its own is served by site a")
+        client = Client(d, st, session=True)
         w.say("$ " + " ".join(client.argv))
-        ok = wait_for(lambda: len([r for r in client.requests() if r[1] == "a"]) >= 3,
-                      STEP_DEADLINE)
+        ok = wait_for(lambda: len([r for r in client.requests() if r[3]]) >= 3, STEP_DEADLINE)
         reqs = client.requests()
         w.check("the client's requests are served by site a", ok and
                 all(r[1] == "a" for r in reqs), reqs[-1][2] if reqs else "no request yet")
+        c_sid = reqs[0][3].get("id") if reqs and reqs[0][3] else None
+        w.check("they all carry the client's one session (multisite-fetch --session)",
+                c_sid and all(r[3] and r[3].get("id") == c_sid for r in reqs),
+                f"id {c_sid}, visits {reqs[-1][3].get('visits') if reqs[-1][3] else '?'}"
+                if reqs else "")
+        w.check("the client's session is in site b's database too",
+                wait_for(lambda: sqlite_value(d.db("b"), "SELECT visits FROM sessions "
+                                              "WHERE id = ?", c_sid), STEP_DEADLINE))
 
         w.step("site a's web servers stopped")
         t_kill = time.monotonic()
@@ -843,6 +870,14 @@ def cmd_failover(d, out=print):
             dt = moved[0][0] - t_kill
             w.check(f"the client moved to site b within {FAILOVER_FLOOR:.0f}s",
                     dt <= FAILOVER_FLOOR, f"{dt:.3f}s: {moved[0][2]}")
+            wait_for(lambda: client.requests(t_kill)[0][3], 2)
+            last_a = [r for r in client.requests() if r[1] == "a" and r[3]]
+            first_b = [r for r in client.requests(t_kill) if r[1] == "b"][0][3] or {}
+            w.check("its session goes on at site b (same id, not new)",
+                    first_b.get("id") == c_sid and first_b.get("new") is False,
+                    f"last at a: visit {last_a[-1][3].get('visits') if last_a else '?'}; "
+                    f"first at b: id {first_b.get('id')}, visit {first_b.get('visits')}, "
+                    f"served by {first_b.get('served_by')}")
         else:
             w.check("the client moved to site b", False, "no request served by b")
         for e in client.events(t_kill)[:4]:
@@ -906,10 +941,17 @@ def cmd_failover(d, out=print):
         w.expect_dns(d, [A, B], "a then b again")
         w.expect_dns(d, [B, A], "b's region: b then a again", subnet=ECS_B)
         # The client re-resolves when the TTL runs out and starts from the top again.
-        back = wait_for(lambda: [r for r in client.requests(t_up) if r[1] == "a"],
+        back = wait_for(lambda: [r for r in client.requests(t_up) if r[1] == "a" and r[3]],
                         STEP_DEADLINE, 0.05)
         w.check("the client is back on site a after the answer's TTL ran out", back,
                 f"{back[0][0] - t_up:.1f}s after the restart: {back[0][2]}" if back else "")
+        last_b = [r for r in client.requests() if r[1] == "b" and r[3]]
+        body_a = back[0][3] if back else {}
+        w.check("with the same session, its visits at b included",
+                body_a.get("id") == c_sid and last_b and
+                body_a.get("visits", 0) > last_b[-1][3].get("visits", 0),
+                f"last at b: visit {last_b[-1][3].get('visits') if last_b else '?'}; "
+                f"back at a: id {body_a.get('id')}, visit {body_a.get('visits')}")
     except Exception as e:  # report it as a failed check: the walkthrough must end cleanly
         if not w.steps:
             w.step("walkthrough")

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import pytest
 
@@ -37,12 +38,12 @@ STEPS = [
     "both sites up",
     "a client in b's region",
     "a session made through one of a's web servers is served by the other",
-    "a client is served by site a",
+    "a client with a session of its own is served by site a",
     "site a's web servers stopped",
     "writes made at site b",
     "site a restored",
 ]
-PORTS = (5300, 5400, 7800, 8080, 8081, 8082)
+PORTS = (5300, 5400, 7800, 8053, 8080, 8081, 8082)
 
 
 def free_pair():
@@ -117,13 +118,19 @@ def test_demo_walkthrough(demo_run):
     assert took < 60, f"start took {took:.1f}s (issue 6: ready within 60 s)"
     # It says how to look at it: the dig commands, the client, the status.
     for text in (f"@{a} -p 5300 www.demo.test A", f"@{b} -p 5300 www.demo.test A",
-                 "+subnet=", "multisite-fetch -4", "multisitectl -s", "multisite-syncd -c"):
+                 "+subnet=", "multisite-fetch -4", "--session", "multisitectl -s",
+                 "multisite-syncd -c", f"http://{a}:8053/", f"http://{b}:8053/"):
         assert text in r.stdout, f"start output lacks {text!r}:\n{r.stdout}"
     st = demo.State.load(demo.Demo.from_state(run_dir))
     want = {f"{s}-{p}" for s in "ab" for p in ("multisited", "haproxy", "web1", "web2",
                                                 "syncd")}
     assert set(st.procs) == want, st.procs
     assert all(st.alive(n) for n in want)
+    # Each multisited's status endpoint: both sites available.
+    for addr in (a, b):
+        with urllib.request.urlopen(f"http://{addr}:8053/status", timeout=5) as resp:
+            doc = json.load(resp)
+        assert {x["name"]: x["available"] for x in doc["sites"]} == {"a": True, "b": True}, doc
     # Started again while running: refused, nothing new started.
     r2, _ = run_demo(["start", "--build", BUILD, "--addr-a", a, "--addr-b", b], run_dir)
     assert r2.returncode == 1 and "already running" in r2.stdout, r2.stdout
@@ -139,8 +146,11 @@ def test_demo_walkthrough(demo_run):
         titles
     assert all(s["checks"] for s in result["steps"]), "a step without checks"
     checks = {c["check"]: c for s in result["steps"] for c in s["checks"]}
-    for key in ("the client moved to site b within 2s", "a's database has b's guestbook entry",
-                "a's database has the session's visit at b (visits = 3)"):
+    for key in ("the client moved to site b within 2s",
+                "its session goes on at site b (same id, not new)",
+                "a's database has b's guestbook entry",
+                "a's database has the session's visit at b (visits = 3)",
+                "with the same session, its visits at b included"):
         assert key in checks and checks[key]["ok"], (key, list(checks))
     assert f"{a} {b} (a then b again)" in r.stdout and f"-> {b} {a} (b's region" in r.stdout
     assert "checks passed" in r.stdout.splitlines()[-1]
