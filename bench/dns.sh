@@ -181,6 +181,7 @@ start_ours() { # name port zones...
         echo "  tcp-threads: 1"
         echo "  log-level: warning"
         echo "  control-socket: $d/ctl.sock" # never the system's /run/multisited.sock
+        echo '  status-listen: ""'          # nor the fixed status port 8053
         echo "zones:"
         for z in "$@"; do
             echo "  - origin: ${z%%=*}"

@@ -282,6 +282,10 @@ def start_multisited(workdir, zones=None, v6=True, mode="config", extra_args=(),
                 # Our own socket, never the system's /run/multisited.sock (the default).
                 ckw["extra"] = ckw.get("extra", "") + \
                     f"  control-socket: {os.path.join(d, 'ctl.sock')}\n"
+            if "status-listen" not in ckw.get("extra", ""):
+                # No status HTTP endpoint on the fixed default port 127.0.0.1:8053, which
+                # every instance would fight over (test_status.py sets its own).
+                ckw["extra"] = ckw["extra"] + "  status-listen: \"\"\n"
             with open(conf, "w") as f:
                 f.write(ms_config(port, zones, v6=v6, **ckw))
             argv = [MULTISITED, "-c", conf]
