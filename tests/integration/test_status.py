@@ -403,3 +403,13 @@ def test_replication_from_a_real_syncd(workdir, tmp_path):
             assert rc == 0, f"multisited exited with {rc}; log:\n{srv.log_tail()}"
     finally:
         c.stop()
+
+
+def test_bad_status_listen_is_a_config_error(tmp_path):
+    conf = tmp_path / "bad.yaml"
+    conf.write_text(ms_config(free_port(v6=False), ZONES, v6=False).replace(
+        "server:\n", "server:\n  status-listen: \"localhost:http\"\n", 1))
+    r = subprocess.run([MULTISITED, "-t", "-c", str(conf)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode != 0
+    assert f"{conf}:2: server.status-listen: 'localhost:http'" in r.stderr, r.stderr
