@@ -35,7 +35,7 @@ static void site_sample(buf_t *b, const char *name, const char *site, double v)
 {
     buf_printf(b, "%s{site=", name);
     label(b, site);
-    buf_printf(b, "} %.17g\n", v);
+    buf_printf(b, "} %.15g\n", v);
 }
 
 static bool effective_up(cluster_t *c, const char *site, const site_view_t *v)

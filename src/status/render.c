@@ -2,7 +2,6 @@
  * turned into Prometheus text. Pure functions of their inputs (loop thread). */
 #include "status.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 static const char *const rcode_names[DNS_RCODE_SLOTS] = {
@@ -77,20 +76,25 @@ void status_dns_json(const dns_stats_t *st, buf_t *b)
 
 /* ---- multisite-syncd's status (docs/sync.md): our own flat format, read by key ---- */
 
-/* The unsigned number after "key": within [p, end); false when absent. */
+/* The unsigned number after "key": within [p, end) (not NUL-terminated: digits are read by
+ * hand, never past end); false when absent, not a number or over 18 digits. */
 static bool num_after(const char *p, const char *end, const char *key, unsigned long long *v)
 {
     char pat[48];
     int pl = snprintf(pat, sizeof(pat), "\"%s\":", key);
     for (const char *q = p; q + pl < end; q++) {
         if (memcmp(q, pat, (size_t)pl) == 0) {
-            char *e;
             const char *d = q + pl;
-            if (d >= end || *d < '0' || *d > '9') {
+            unsigned long long n = 0;
+            int digits = 0;
+            for (; d < end && *d >= '0' && *d <= '9' && digits < 19; d++, digits++) {
+                n = n * 10 + (unsigned long long)(*d - '0');
+            }
+            if (digits == 0 || digits > 18) {
                 return false;
             }
-            *v = strtoull(d, &e, 10);
-            return e <= end;
+            *v = n;
+            return true;
         }
     }
     return false;
@@ -190,7 +194,7 @@ void status_sync_metrics(const char *json, size_t len, buf_t *b)
             unsigned long long v;
             if (str_after(obj, stop, "name", name, sizeof(name)) &&
                 num_after(obj, stop, per[k].key, &v)) {
-                buf_printf(b, "%s{peer=\"%s\"} %.17g\n", per[k].name, name,
+                buf_printf(b, "%s{peer=\"%s\"} %.15g\n", per[k].name, name,
                            (double)v * per[k].scale);
             }
             p = stop;
