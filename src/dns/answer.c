@@ -48,6 +48,10 @@ typedef struct {
     uint8_t ecs_src;    /* source prefix length */
     uint8_t ecs_addr[16];
     const net_addr_t *client; /* the packet's source, or NULL */
+    bool opt_ok;              /* the OPT record itself was well formed (FORMERR keeps it) */
+    size_t tsig_rr;           /* offset of a TSIG record (the last one), 0: none */
+    size_t tsig_rdata;
+    uint16_t tsig_rdlen;
 } query_t;
 
 typedef struct {
@@ -93,28 +97,6 @@ static size_t parse_qname(const uint8_t *p, const uint8_t *end, query_t *q)
     return off;
 }
 
-/* Skip a (possibly compressed) name in a record. Returns new offset or 0. */
-static size_t skip_name(const uint8_t *pkt, size_t len, size_t off)
-{
-    for (int guard = 0; guard < DNS_MAX_LABELS; guard++) {
-        if (off >= len) {
-            return 0;
-        }
-        uint8_t l = pkt[off];
-        if ((l & 0xC0) == 0xC0) {
-            return off + 2 <= len ? off + 2 : 0;
-        }
-        if (l & 0xC0) {
-            return 0;
-        }
-        off += (size_t)l + 1;
-        if (l == 0) {
-            return off <= len ? off : 0;
-        }
-    }
-    return 0;
-}
-
 /* RFC 7871 6: FAMILY, SOURCE PREFIX-LENGTH, SCOPE PREFIX-LENGTH (0 in queries), ADDRESS
  * with exactly ceil(source/8) octets and no bits set past the source prefix; anything else
  * is FORMERR (7.1.1). A second ECS option is FORMERR too. */
@@ -144,9 +126,11 @@ static int parse_ecs(const uint8_t *p, uint16_t len, query_t *q)
 static int parse_opt(const uint8_t *pkt, size_t rr, size_t rdata, uint16_t rdlen, query_t *q)
 {
     if (q->edns || pkt[rr] != 0) {
-        return -1; /* two OPTs, or OPT not owned by the root (RFC 6891 6.1.1) */
+        q->opt_ok = false; /* which one would we answer? FORMERR without OPT */
+        return -1;         /* two OPTs, or OPT not owned by the root (RFC 6891 6.1.1) */
     }
     q->edns = true;
+    q->opt_ok = true;
     q->edns_udp = rd_u16(pkt + rr + 3);
     q->edns_version = pkt[rr + 6];
     q->edns_do = (pkt[rr + 7] & 0x80) != 0;
@@ -260,6 +244,24 @@ static bool rdata_valid(const uint8_t *pkt, size_t rdata, uint16_t rdlen, uint16
 
 /* Returns 0 ok, -1 FORMERR. Parses past the question: other sections are skipped, OPT is
  * read from the additional section. */
+/* TSIG RDATA (RFC 8945 4.2): algorithm name, time signed (48 bits), fudge, MAC size and MAC,
+ * original ID, error, other length and other data. */
+static bool tsig_rdata_valid(const uint8_t *pkt, size_t rdata, uint16_t rdlen)
+{
+    size_t end = rdata + rdlen;
+    size_t o = rdata_name(pkt, end, rdata, false);
+    if (!o || o + 10 > end) {
+        return false;
+    }
+    size_t mac = rd_u16(pkt + o + 8);
+    o += 10 + mac;
+    if (o + 6 > end) {
+        return false;
+    }
+    size_t other = rd_u16(pkt + o + 4);
+    return o + 6 + other == end;
+}
+
 static int parse_rest(const uint8_t *pkt, size_t len, query_t *q)
 {
     size_t off = q->question_end;
@@ -267,7 +269,8 @@ static int parse_rest(const uint8_t *pkt, size_t len, query_t *q)
     unsigned total = an + ns + ar;
     for (unsigned i = 0; i < total; i++) {
         size_t rr = off;
-        off = skip_name(pkt, len, off);
+        /* Owner names may be compressed, but only backwards to a well-formed name. */
+        off = rdata_name(pkt, len, off, true);
         if (off == 0 || off + 10 > len) {
             return -1;
         }
@@ -281,6 +284,15 @@ static int parse_rest(const uint8_t *pkt, size_t len, query_t *q)
             if (i < an + ns || parse_opt(pkt, rr, rdata, rdlen, q) != 0) {
                 return -1;
             }
+        } else if (type == RR_TSIG) {
+            /* RFC 8945 5.1: the last record of the additional section, class ANY. */
+            if (i != total - 1 || i < an + ns || rd_u16(pkt + off + 2) != 255 ||
+                !tsig_rdata_valid(pkt, rdata, rdlen)) {
+                return -1;
+            }
+            q->tsig_rr = rr;
+            q->tsig_rdata = rdata;
+            q->tsig_rdlen = rdlen;
         } else if (!rdata_valid(pkt, rdata, rdlen, type)) {
             return -1;
         }
@@ -471,7 +483,7 @@ static bool put_rrset(resp_t *r, int sec, owner_t ow, zone_rrset_t rs, uint32_t 
 
 /* ---- lookup ---- */
 
-typedef enum { LK_EXACT, LK_WILD, LK_DELEG, LK_NXDOMAIN } lk_kind_t;
+typedef enum { LK_EXACT, LK_WILD, LK_DELEG, LK_NXDOMAIN, LK_DNAME } lk_kind_t;
 
 typedef struct {
     lk_kind_t kind;
@@ -510,18 +522,37 @@ static const zone_node_t *find_cut(const zone_t *z, const uint8_t *name, size_t 
     return NULL;
 }
 
+/* The topmost DNAME owner above `name` (labels[from..] are its ancestors), or NULL. A DNAME
+ * occludes everything below its owner, including lower DNAMEs (RFC 6672 2.4). */
+static const zone_node_t *find_dname(const zone_t *z, const uint8_t *name, size_t len,
+                                     const uint8_t *labels, int nlabels, int from)
+{
+    size_t apex_len = zone_apex_len(z);
+    for (int i = nlabels - 1; i >= from; i--) {
+        size_t l = len - labels[i];
+        if (l <= apex_len) {
+            continue;
+        }
+        const zone_node_t *n = zone_lookup(z, name + labels[i], l);
+        if (n && (n->flags & ZN_DNAME)) {
+            return n;
+        }
+    }
+    return NULL;
+}
+
 static lookup_t lookup(const zone_t *z, const uint8_t *name, size_t len, uint16_t qtype)
 {
     lookup_t res = {LK_NXDOMAIN, NULL, NULL};
     const zone_node_t *n = zone_lookup(z, name, len);
-    if (MS_LIKELY(n && !(n->flags & (ZN_DELEG | ZN_BELOW_CUT)))) {
+    if (MS_LIKELY(n && !(n->flags & (ZN_DELEG | ZN_BELOW_CUT | ZN_BELOW_DNAME)))) {
         res.kind = LK_EXACT;
         res.node = n;
         return res;
     }
     uint8_t labels[DNS_MAX_LABELS];
     int nl = name_labels(name, labels);
-    if (n) {
+    if (n && (n->flags & (ZN_DELEG | ZN_BELOW_CUT))) {
         if ((n->flags & ZN_DELEG) && !(n->flags & ZN_BELOW_CUT) && qtype == RR_DS) {
             res.kind = LK_EXACT; /* DS lives on the parent side of the cut (RFC 4035 3.1.4.1) */
             res.node = n;
@@ -533,6 +564,12 @@ static lookup_t lookup(const zone_t *z, const uint8_t *name, size_t len, uint16_
             res.kind = LK_EXACT;
             res.node = n;
         }
+        return res;
+    }
+    if (n) { /* below a DNAME: the name is redirected, its own data occluded */
+        res.node = find_dname(z, name, len, labels, nl, 1);
+        res.kind = res.node ? LK_DNAME : LK_EXACT;
+        res.node = res.node ? res.node : n;
         return res;
     }
     size_t apex_len = zone_apex_len(z);
@@ -554,6 +591,14 @@ static lookup_t lookup(const zone_t *z, const uint8_t *name, size_t len, uint16_
             }
             return res;
         }
+        if (a->flags & (ZN_DNAME | ZN_BELOW_DNAME)) {
+            res.kind = LK_DNAME;
+            res.node = find_dname(z, name, len, labels, nl, i);
+            if (res.node) {
+                return res;
+            }
+            res.kind = LK_NXDOMAIN;
+        }
         if (a->flags & ZN_WILD_CHILD) {
             uint8_t wname[DNS_MAX_NAME + 2];
             wname[0] = 1;
@@ -561,7 +606,8 @@ static lookup_t lookup(const zone_t *z, const uint8_t *name, size_t len, uint16_
             memcpy(wname + 2, name + labels[i], l);
             const zone_node_t *w = zone_lookup(z, wname, l + 2);
             if (w) {
-                res.kind = LK_WILD;
+                /* A wildcard that owns NS is a delegation (RFC 4592 4.2): a referral. */
+                res.kind = (w->flags & ZN_DELEG) ? LK_DELEG : LK_WILD;
                 res.node = w;
                 return res;
             }
@@ -792,6 +838,16 @@ static void answer_in(ctx_t *c)
     const query_t *q = c->q;
     int apex_label;
     c->zone = zone_db_find(c->snap->zones, q->lname, q->labels, q->nlabels, &apex_label);
+    if (c->zone && q->qtype == RR_DS && apex_label == 0 && q->nlabels > 1) {
+        /* The DS of a zone we serve lives in its parent: answer from the parent when we
+         * serve that too (RFC 4035 3.1.4.1). */
+        int parent_label;
+        const zone_t *parent =
+            zone_db_find(c->snap->zones, q->lname, q->labels + 1, q->nlabels - 1, &parent_label);
+        if (parent) {
+            c->zone = parent;
+        }
+    }
     if (!c->zone) {
         c->rcode = RCODE_REFUSED;
         return;
@@ -820,6 +876,48 @@ static void answer_in(ctx_t *c)
             c->aa = link > 0;
             put_referral(c, lk.node);
             return;
+        }
+        if (lk.kind == LK_DNAME) {
+            /* RFC 6672 3.2: the DNAME, then a CNAME synthesised from it, then follow. */
+            zone_rrset_t drs;
+            const zone_node_t *d = lk.node;
+            if (!zone_node_find(d, RR_DNAME, &drs)) {
+                return;
+            }
+            owner_t down = {0, zone_node_name(d), d->name_len};
+            if (!put_rrset(c->r, SEC_AN, down, drs, zone_rrset_ttl(drs))) {
+                c->r->tc = true;
+                return;
+            }
+            const uint8_t *rr = zone_rrset_first(drs);
+            size_t tl = dname_wire_len(rr + 2, rr + 2 + rd_u16(rr));
+            size_t prefix = len - d->name_len;
+            if (!tl) {
+                return;
+            }
+            if (prefix + tl > DNS_MAX_NAME) {
+                c->rcode = 6; /* YXDOMAIN: the substituted name would be too long */
+                return;
+            }
+            uint8_t *next = chain_names[link & 1];
+            uint8_t syn[DNS_MAX_NAME];
+            memcpy(syn, name, prefix);
+            dname_lower(syn + prefix, rr + 2, tl);
+            memcpy(next, syn, prefix + tl);
+            if (!put_rr(c->r, ow, RR_CNAME, 1, zone_rrset_ttl(drs), next,
+                        (uint16_t)(prefix + tl))) {
+                c->r->tc = true;
+                return;
+            }
+            c->r->count[SEC_AN]++;
+            if (q->qtype == RR_CNAME ||
+                !is_below(next, prefix + tl, zone_apex(c->zone), zone_apex_len(c->zone))) {
+                return;
+            }
+            name = next;
+            len = prefix + tl;
+            ow = (owner_t){0, name, len};
+            continue;
         }
         if (lk.kind == LK_NXDOMAIN) {
             c->rcode = RCODE_NXDOMAIN; /* also after a CNAME (RFC 6604 2.1) */
@@ -916,6 +1014,52 @@ static void answer_ch(ctx_t *c)
 }
 
 /* ---- entry ---- */
+
+/* The TSIG record of a BADKEY error: the query's key name and algorithm, its time signed and
+ * fudge, no MAC, the original ID, error 17, no other data. */
+static void put_tsig_badkey(const uint8_t *pkt, const query_t *q, resp_t *r)
+{
+    uint8_t key[DNS_MAX_NAME], alg[DNS_MAX_NAME];
+    size_t kl = 0, al = 0;
+    /* Both names were validated by parse_rest; decompress them. */
+    for (int pass = 0; pass < 2; pass++) {
+        size_t off = pass == 0 ? q->tsig_rr : q->tsig_rdata;
+        uint8_t *out = pass == 0 ? key : alg;
+        size_t *ol = pass == 0 ? &kl : &al;
+        for (int guard = 0; guard < DNS_MAX_LABELS; guard++) {
+            uint8_t l = pkt[off];
+            if ((l & 0xC0) == 0xC0) {
+                off = ((size_t)(l & 0x3F) << 8) | pkt[off + 1];
+                continue;
+            }
+            if (*ol + l + 1 > DNS_MAX_NAME) {
+                return;
+            }
+            dname_lower(out + *ol, pkt + off, (size_t)l + 1);
+            *ol += (size_t)l + 1;
+            if (l == 0) {
+                break;
+            }
+            off += (size_t)l + 1;
+        }
+    }
+    size_t after_alg = rdata_name(pkt, q->tsig_rdata + q->tsig_rdlen, q->tsig_rdata, false);
+    uint8_t rd[DNS_MAX_NAME + 16];
+    memcpy(rd, alg, al);
+    memcpy(rd + al, pkt + after_alg, 8); /* time signed (6) + fudge (2) */
+    wr_u16(rd + al + 8, 0);              /* MAC size */
+    wr_u16(rd + al + 10, q->id);         /* original ID */
+    wr_u16(rd + al + 12, 17);            /* BADKEY */
+    wr_u16(rd + al + 14, 0);             /* other length */
+    owner_t ow = {0, key, kl};
+    size_t save = r->len;
+    if (r->len + kl + 10 + al + 16 > r->limit ||
+        !put_rr(r, ow, RR_TSIG, 255, 0, rd, (uint16_t)(al + 16))) {
+        r->len = save;
+        return;
+    }
+    r->count[SEC_AR]++;
+}
 
 static size_t opt_size(const snap_t *s, const query_t *q)
 {
@@ -1036,6 +1180,8 @@ size_t dns_answer_client(const snap_t *s, const uint8_t *pkt, size_t len, uint8_
     q.opcode = (pkt[2] >> 3) & 0x0F;
     q.qtype = 0; /* counted as "other" when the question is unreadable */
     q.edns = false;
+    q.opt_ok = false;
+    q.tsig_rr = 0;
     q.ecs = false;
     q.client = client;
     q.want_nsid = false;
@@ -1060,8 +1206,28 @@ size_t dns_answer_client(const snap_t *s, const uint8_t *pkt, size_t len, uint8_
         comp_add(&r, HDR + q.labels[i]);
     }
     if (parse_rest(pkt, len, &q) != 0) {
-        q.edns = false;
-        return finish(s, &q, &r, RCODE_FORMERR, false, false, st);
+        /* A malformed option inside a well-formed OPT still gets an OPT back (RFC 6891 7,
+         * as Knot); no NSID or ECS echo in that reply. */
+        q.edns = q.opt_ok && q.edns;
+        q.want_nsid = false;
+        q.ecs = false;
+        q.edns_version = 0;
+        r.limit = 512 - (q.edns ? 11 : 0);
+        return finish(s, &q, &r, RCODE_FORMERR, false, q.edns, st);
+    }
+    if (q.tsig_rr) {
+        /* We hold no TSIG keys: RFC 8945 5.2.1, NOTAUTH with an unsigned TSIG, BADKEY. The
+         * TSIG goes last, after the OPT that finish() adds. */
+        q.want_nsid = false;
+        q.ecs = false;
+        r.limit = 512;
+        size_t n = finish(s, &q, &r, RCODE_NOTAUTH, false, true, st);
+        uint16_t ar = rd_u16(out + 10);
+        r.len = n;
+        r.count[SEC_AR] = 0;
+        put_tsig_badkey(pkt, &q, &r);
+        wr_u16(out + 10, (uint16_t)(ar + r.count[SEC_AR]));
+        return r.len;
     }
     size_t limit;
     if (tcp) {

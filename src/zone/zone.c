@@ -367,6 +367,51 @@ static zone_node_t *node_alloc(zone_t *z, const uint8_t *name, size_t len, size_
     return n;
 }
 
+static const loader_t *dup_ld;
+
+static int rdata_cmp(const void *pa, const void *pb)
+{
+    const tmp_rec_t *a = *(tmp_rec_t *const *)pa, *b = *(tmp_rec_t *const *)pb;
+    if (a->rdlen != b->rdlen) {
+        return a->rdlen < b->rdlen ? -1 : 1;
+    }
+    int c = memcmp(dup_ld->rdata.data + a->rdata_off, dup_ld->rdata.data + b->rdata_off, a->rdlen);
+    if (c) {
+        return c;
+    }
+    return a->rdata_off < b->rdata_off ? -1 : (a->rdata_off > b->rdata_off);
+}
+
+static bool same_rdata(const loader_t *ld, const tmp_rec_t *a, const tmp_rec_t *b);
+
+/* RFC 2181 5: an RRset has no duplicate RRs; the first of equal ones is kept. Small sets are
+ * compared pairwise; large ones sorted by RDATA (O(n log n)), so a huge RRset loads fast. */
+static void mark_duplicates(loader_t *ld, size_t from, size_t to)
+{
+    size_t n = to - from;
+    if (n <= 32) {
+        for (size_t k = from + 1; k < to; k++) {
+            for (size_t m = from; m < k && !ld->recs[k].dup; m++) {
+                ld->recs[k].dup = !ld->recs[m].dup && same_rdata(ld, &ld->recs[m], &ld->recs[k]);
+            }
+        }
+        return;
+    }
+    tmp_rec_t **idx = xmalloc(n * sizeof(*idx));
+    for (size_t k = 0; k < n; k++) {
+        idx[k] = &ld->recs[from + k];
+    }
+    dup_ld = ld;
+    qsort(idx, n, sizeof(*idx), rdata_cmp);
+    dup_ld = NULL;
+    for (size_t k = 1; k < n; k++) {
+        if (same_rdata(ld, idx[k - 1], idx[k])) {
+            idx[k]->dup = 1; /* sorted by arrival among equals: idx[k-1] came first */
+        }
+    }
+    free(idx);
+}
+
 static bool same_rdata(const loader_t *ld, const tmp_rec_t *a, const tmp_rec_t *b)
 {
     return a->rdlen == b->rdlen &&
@@ -396,12 +441,23 @@ static int build_node(loader_t *ld, size_t i, size_t j)
                 has_other = true;
             }
         }
-        /* RFC 2181 5: an RRset has no duplicate RRs. Quadratic, but RRsets are small. */
-        for (size_t m = set_start; m < k && !r->dup; m++) {
-            r->dup = !ld->recs[m].dup && same_rdata(ld, &ld->recs[m], r);
-        }
-        if (!r->dup) {
-            data_len += 2 + r->rdlen;
+        bool last_of_set = k + 1 == j || ld->recs[k + 1].type != r->type;
+        if (last_of_set) {
+            mark_duplicates(ld, set_start, k + 1);
+            size_t kept = 0;
+            for (size_t m = set_start; m <= k; m++) {
+                if (!ld->recs[m].dup) {
+                    kept++;
+                    data_len += 2 + ld->recs[m].rdlen;
+                }
+            }
+            if (kept > 65535) {
+                char nb2[DNS_MAX_NAME * 4];
+                snprintf(ld->err, ld->errlen, "%s:%u: %s has more than 65535 records of type %u",
+                         ld->path, (unsigned)ld->recs[set_start].line,
+                         dname_str(owner + 1, nb2, sizeof(nb2)), r->type);
+                return MS_EPARSE;
+            }
         }
     }
     char nb[DNS_MAX_NAME * 4];
@@ -489,6 +545,9 @@ static void compute_flags(zone_t *z)
             } else if (zone_node_find(n, RR_NS, &rs)) {
                 n->flags |= ZN_DELEG;
             }
+            if (zone_node_find(n, RR_DNAME, &rs)) {
+                n->flags |= ZN_DNAME;
+            }
         }
     }
     for (uint32_t b = 0; b <= z->mask; b++) {
@@ -509,6 +568,9 @@ static void compute_flags(zone_t *z)
                     break;
                 }
                 const zone_node_t *a = zone_lookup(z, name, len);
+                if (a && (a->flags & ZN_DNAME)) {
+                    n->flags |= ZN_BELOW_DNAME;
+                }
                 if (a && (a->flags & ZN_DELEG)) {
                     n->flags |= ZN_BELOW_CUT;
                     break;

@@ -37,6 +37,7 @@ enum {
     RR_NSEC = 47,
     RR_SVCB = 64,
     RR_HTTPS = 65,
+    RR_TSIG = 250,
     RR_IXFR = 251,
     RR_AXFR = 252,
     RR_ANY = 255,
@@ -48,7 +49,9 @@ enum {
     ZN_BELOW_CUT = 1 << 1,  /* some ancestor below the apex is a zone cut (occluded/glue) */
     ZN_WILD_CHILD = 1 << 2, /* "*.<this name>" exists */
     ZN_CNAME = 1 << 3,      /* has a CNAME RRset */
-    ZN_APEX = 1 << 4
+    ZN_APEX = 1 << 4,
+    ZN_DNAME = 1 << 5,      /* has a DNAME RRset (RFC 6672) */
+    ZN_BELOW_DNAME = 1 << 6 /* some ancestor owns a DNAME: this name is occluded */
 };
 
 /* A node: owner name and RRsets. The RRset blob is a sequence of
