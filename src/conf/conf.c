@@ -205,6 +205,12 @@ int conf_load(const char *path, conf_t **out, conf_err_t *err)
     if (!c->identity) {
         c->identity = default_identity();
     }
+    if (c->listen.n == 0) {
+        const conf_node_t *srv = conf_map_get(root, "server");
+        const conf_node_t *l = conf_map_get(srv, "listen");
+        conf_errf(err, l ? l : root, "server.listen: at least one address is required");
+        goto fail;
+    }
     net_addr_t sa;
     if (*c->status_listen && net_parse_addr(c->status_listen, 8053, &sa) != 0) {
         const conf_node_t *srv = conf_map_get(root, "server");
