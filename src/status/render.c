@@ -51,6 +51,22 @@ void status_dns_metrics(const dns_stats_t *st, buf_t *b)
             st->tcp_refused);
 }
 
+void status_json_str(buf_t *b, const char *s)
+{
+    buf_append(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            buf_printf(b, "\\%c", ch);
+        } else if (ch < 0x20 || ch == 0x7f) {
+            buf_printf(b, "\\u%04x", ch);
+        } else {
+            buf_append(b, s, 1);
+        }
+    }
+    buf_append(b, "\"", 1);
+}
+
 void status_dns_json(const dns_stats_t *st, buf_t *b)
 {
     buf_printf(b, "{\"queries\":%llu,\"dropped\":%llu,\"truncated\":%llu,\"udp\":%llu,\"tcp\":%llu",

@@ -174,6 +174,17 @@ static void render(status_server_t *s)
     }
     json.len--;
     buf_printf(&json, ",\"time_ms\":%llu", (unsigned long long)time_wall_ms());
+    const snap_t *cur = snap_current();
+    if (cur) {
+        /* Which multisited this is: the dashboard's title. */
+        const conf_t *conf = cur->conf;
+        buf_printf(&json, ",\"identity\":");
+        status_json_str(&json, conf->identity ? conf->identity : "");
+        if (conf->hb.enabled && conf->hb.self_site < conf->n_sites) {
+            buf_printf(&json, ",\"self_site\":");
+            status_json_str(&json, conf->sites[conf->hb.self_site].name);
+        }
+    }
     if (s->dns) {
         buf_printf(&json, ",\"dns\":");
         status_dns_json(&st, &json);

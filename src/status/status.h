@@ -37,6 +37,8 @@ extern const char status_dashboard_html[];
 
 /* Append the DNS counters as Prometheus text (render.c). */
 void status_dns_metrics(const dns_stats_t *st, buf_t *out);
+/* Append s as a JSON string (quotes, backslashes and control bytes escaped). */
+void status_json_str(buf_t *out, const char *s);
 /* Append the DNS counters as a JSON object. */
 void status_dns_json(const dns_stats_t *st, buf_t *out);
 /* From multisite-syncd's status JSON (its own format, docs/sync.md): append Prometheus

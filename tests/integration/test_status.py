@@ -23,7 +23,7 @@ import dns.message
 import dns.query
 import pytest
 
-from conftest import MULTISITED, ZONES, Server, free_port, ms_config, wait_for, \
+from conftest import IDENTITY, MULTISITED, ZONES, Server, free_port, ms_config, wait_for, \
     _start_with_retry
 
 US, EU = "198.51.100.10", "192.0.2.10"
@@ -208,6 +208,7 @@ def test_status_json(env):
                             "servfail": False, "order": ["us", "eu"]}]
     assert st["dns"]["queries"] >= 0 and "A" in st["dns"]["qtype"]
     assert "sync" not in st, "no sync-status-socket configured: no sync key"
+    assert st["identity"] == IDENTITY and st["self_site"] == "us"
     # The eu instance serves its own endpoint, where eu is ours and us comes by heartbeat.
     st_eu = status(env, me="eu")
     assert site(st_eu, "eu")["monitor"] == "probe" and site(st_eu, "us")["monitor"] == "heartbeat"
@@ -312,6 +313,7 @@ def test_site_down_moves_metrics_and_dashboard(env, tmp_path_factory):
     dom = chromium(env, out, "up", screenshot=True)
     assert dom_sites(dom) == {"us": "true", "eu": "true"}, dom[-3000:]
     assert "app.example.com" in dom and "generation" in dom
+    assert f"{IDENTITY} (site us)" in dom, "title names this multisited"
     assert re.search(r'data-name="app.example.com".*?<span class="chip">us</span>'
                      r'<span class="chip">eu</span>', dom, re.S), "answer order us, eu"
 

@@ -191,8 +191,20 @@ static void test_sync(void)
     buf_deinit(&b);
 }
 
+static void test_json_str(void)
+{
+    buf_t b;
+    buf_init(&b);
+    status_json_str(&b, "a\"b\\c\nd\x01\x7f\xc3\xa9");
+    buf_append(&b, "", 1);
+    tap_ok(strcmp((char *)b.data, "\"a\\\"b\\\\c\\u000ad\\u0001\\u007f\xc3\xa9\"") == 0,
+           "JSON string escaping: %s", (char *)b.data);
+    buf_deinit(&b);
+}
+
 int main(void)
 {
+    test_json_str();
     test_dns();
     test_sync();
     return tap_done();
