@@ -1,6 +1,7 @@
 /* cluster.c: site availability from probes and heartbeats, and snapshot publishing. */
 #include "internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -176,6 +177,10 @@ void cluster_publish(cluster_t *c, bool force)
         }
     }
     remember(c, conf);
+    memcpy(c->pub_load, load,
+           sizeof(double) * (conf->n_sites < MAX_SITES ? conf->n_sites : MAX_SITES));
+    memcpy(c->pub_rtt, rtt,
+           sizeof(double) * (conf->n_sites < MAX_SITES ? conf->n_sites : MAX_SITES));
     snap_state_t st = {up, load, rtt, changing, safe, drained};
     snap_t *s = snap_derive(cur, &st);
     log_changes(cur, s);
@@ -187,9 +192,31 @@ static void publish(cluster_t *c)
     cluster_publish(c, false);
 }
 
+/* Load and response time move without a verdict change (the probes report them only with
+ * other changes): names ordered by them are re-rendered once a second when either moved. */
+static bool inputs_moved(cluster_t *c)
+{
+    const snap_t *cur = snap_current();
+    if (!cur) {
+        return false;
+    }
+    for (size_t i = 0; i < cur->conf->n_sites && i < MAX_SITES; i++) {
+        site_view_t v;
+        cluster_site_view(c, i, &v);
+        if (fabs(v.rtt_ms - c->pub_rtt[i]) >= 0.5 || fabs(v.load - c->pub_load[i]) >= 0.005) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static void on_expiry_timer(uv_timer_t *t)
 {
     cluster_t *c = t->data;
+    if (inputs_moved(c)) {
+        publish(c);
+        return;
+    }
     for (size_t i = 0; i < c->n_admin; i++) {
         if (c->admin[i].force && c->admin[i].force_until &&
             time_wall_ms() >= c->admin[i].force_until) {

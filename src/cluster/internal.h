@@ -34,6 +34,8 @@ struct cluster {
     size_t n_admin;
     uv_timer_t expiry; /* force --for expiry */
     bool admin_loaded;
+    double pub_load[MAX_SITES]; /* load and rtt in the last published snapshot */
+    double pub_rtt[MAX_SITES];
 };
 
 /* Everything known about site i, merged. */
