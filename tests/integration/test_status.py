@@ -9,15 +9,19 @@ metrics carry probe histograms and heartbeat ages alike. The screenshots are kep
 pytest's tmp dir (its path is printed).
 """
 
+import base64
 import http.client
 import json
 import os
 import re
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import threading
+import time
 
 import dns.message
 import dns.query
@@ -196,6 +200,84 @@ def dom_sites(dom):
     return dict(re.findall(r'data-site="([^"]+)" data-available="(true|false)"', dom))
 
 
+class Cdp:
+    """Headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe:
+    commands on its fd 3, replies on fd 4, NUL-terminated JSON), so one page can be watched
+    while the cluster changes under it. No websocket library needed."""
+
+    def __init__(self, argv):
+        to_r, self.to_w = os.pipe()
+        self.from_r, from_w = os.pipe()
+
+        def pre():
+            # Copies first, so fd 3 and 4 are never our own pipe ends; dup2 clears CLOEXEC.
+            a, b = os.dup(to_r), os.dup(from_w)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+        self.proc = subprocess.Popen(argv + ["--remote-debugging-pipe"], preexec_fn=pre,
+                                     close_fds=False, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_r)
+        os.close(from_w)
+        self.buf = b""
+        self.seq = 0
+        self.session = None
+
+    def call(self, method, params=None, timeout=15):
+        self.seq += 1
+        m = {"id": self.seq, "method": method, "params": params or {}}
+        if self.session:
+            m["sessionId"] = self.session
+        os.write(self.to_w, json.dumps(m).encode() + b"\0")
+        end = time.monotonic() + timeout
+        while True:
+            while b"\0" in self.buf:
+                msg, self.buf = self.buf.split(b"\0", 1)
+                r = json.loads(msg)
+                if r.get("id") == self.seq:
+                    assert "error" not in r, f"{method}: {r['error']}"
+                    return r["result"]
+            left = end - time.monotonic()
+            assert left > 0, f"chromium did not answer {method} within {timeout}s"
+            ready, _, _ = select.select([self.from_r], [], [], left)
+            if ready:
+                chunk = os.read(self.from_r, 1 << 20)
+                assert chunk, "chromium closed the debugging pipe"
+                self.buf += chunk
+
+    def attach_page(self):
+        def page():
+            return next((t for t in self.call("Target.getTargets")["targetInfos"]
+                         if t["type"] == "page"), None)
+        t = wait_for(page, 15, "chromium's page target")
+        self.session = self.call("Target.attachToTarget",
+                                 {"targetId": t["targetId"], "flatten": True})["sessionId"]
+
+    def js(self, expr):
+        r = self.call("Runtime.evaluate", {"expression": expr, "returnByValue": True})
+        return r["result"].get("value")
+
+    def screenshot(self, path):
+        data = self.call("Page.captureScreenshot", {"format": "png"})["data"]
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(data))
+
+    def close(self):
+        """Ask the browser to exit; SIGKILL our pid if it does not."""
+        self.session = None
+        try:
+            self.call("Browser.close", timeout=5)
+        except (AssertionError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        os.close(self.to_w)
+        os.close(self.from_r)
+
+
 def test_status_json(env):
     wait_all_up(env)
     st = status(env)
@@ -341,6 +423,52 @@ def test_site_down_moves_metrics_and_dashboard(env, tmp_path_factory):
     finally:
         env["webs"]["us"] = Listener(port)
     wait_all_up(env)
+
+
+def test_dashboard_follows_a_site_live(env, tmp_path_factory):
+    """One dashboard page stays open while us goes down and comes back: its rows, its answer
+    order, its timeline and its list of verdict changes follow, without a reload."""
+    out = str(tmp_path_factory.mktemp("status-live"))
+    wait_all_up(env)
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=env["dir"])
+    url = f"http://127.0.0.1:{env['http']['us']}/"
+    b = Cdp([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-quic", f"--user-data-dir={profile}", "--window-size=1280,900", url])
+    rows = ("JSON.stringify(Object.fromEntries([...document.querySelectorAll('tr.site')]"
+            ".map(e => [e.dataset.site, e.dataset.available])))")
+    order = ("[...document.querySelectorAll('tr.name td.order span')]"
+             ".map(e => e.textContent).join(',')")
+    events = "document.getElementById('events').textContent"
+    port = env["webs"]["us"].port
+    try:
+        b.attach_page()
+        wait_for(lambda: b.js(rows) == '{"us":"true","eu":"true"}', 15, "both sites up in the page")
+        assert b.js(order) == "us,eu"
+        assert "none since" in b.js(events)
+        env["webs"]["us"].close()
+        try:
+            wait_for(lambda: b.js(rows) == '{"us":"false","eu":"true"}', 15,
+                     f"us down in the open page (rows {b.js(rows)})")
+            assert b.js(order) == "eu"
+            ev = b.js(events)
+            assert re.search(r"us DOWN: 0/1 web servers answer .*refused", ev), ev
+            # The timeline's right end is red (down), its left part green (was up).
+            px = b.js("(() => { const c = document.querySelector('#site-us canvas');"
+                      " const g = c.getContext('2d');"
+                      " return [...g.getImageData(c.width - 1, 7, 1, 1).data.slice(0, 3)]; })()")
+            assert px[0] > 150 and px[1] < 100, f"timeline end not red: {px}"
+            png = os.path.join(out, "dashboard-live-us-down.png")
+            b.screenshot(png)
+            print(f"\nlive dashboard screenshot: {png}")
+        finally:
+            env["webs"]["us"] = Listener(port)
+        wait_for(lambda: b.js(rows) == '{"us":"true","eu":"true"}', 15, "us back in the page")
+        assert b.js(order) == "us,eu"
+        assert re.search(r"us available", b.js(events)), b.js(events)
+    finally:
+        b.close()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 def test_replication_from_a_real_syncd(workdir, tmp_path):
