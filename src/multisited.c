@@ -299,7 +299,8 @@ static int keygen_main(int argc, char **argv)
     if (hb_keygen(path, add) != 0) {
         return 1;
     }
-    printf("%s: %s\n", path, add ? "new key added (senders use it now)" : "key written");
+    printf("%s: %s\n", path,
+           add ? "new key added as verify-only (rotation: docs/heartbeat.md)" : "key written");
     return 0;
 }
 

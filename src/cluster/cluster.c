@@ -241,28 +241,19 @@ static void on_hb(void *ud)
     publish(ud);
 }
 
-static bool hb_same(const cluster_t *c, const conf_t *conf)
-{
-    uint8_t d[HB_DIGEST_LEN];
-    hb_conf_digest(conf, d);
-    const conf_hb_t *a = &c->hb_conf, *b = &conf->hb;
-    return memcmp(d, c->hb_digest, sizeof(d)) == 0 && a->enabled == b->enabled &&
-           a->self_site == b->self_site && a->interval_ms == b->interval_ms &&
-           a->period_ms == b->period_ms && a->periods == b->periods &&
-           a->max_skew_ms == b->max_skew_ms && a->listen.n == b->listen.n &&
-           (!a->listen.n ||
-            memcmp(a->listen.v, b->listen.v, a->listen.n * sizeof(net_addr_t)) == 0) &&
-           c->hb_n_sites == conf->n_sites;
-}
-
 static int start(cluster_t *c, const conf_t *conf)
 {
     health_t *h = NULL;
     if (conf->n_sites > 0 && health_new(c->loop, conf, c->health, on_health, c, &h) != 0) {
         return MS_ECONF;
     }
-    if (c->hb && hb_same(c, conf)) {
-        /* Same heartbeat settings: keep the running instance and its liveness state. */
+    if (c->hb && conf->hb.enabled) {
+        /* Reload in place: sockets and the liveness of sites that keep their names stay, the
+         * key file is read again (rotation); on error nothing changes. */
+        if (hb_reload(c->hb, conf) != 0) {
+            log_err("reload: heartbeat settings not applied; the previous ones stay");
+        }
+        c->hb_n_sites = conf->n_sites;
     } else {
         hb_t *hb = NULL;
         if (conf->hb.enabled && hb_new(c->loop, conf, on_hb, c, &hb) != 0) {

@@ -132,7 +132,7 @@ static const conf_opt_t hb_schema[] = {
     {"key-file", CONF_T_STR, offsetof(conf_hb_t, key_file), 0, 0, NULL, NULL,
      "pre-shared key file written by `multisited keygen` (required; relative to the config)"},
     {"interval", CONF_T_DURATION, offsetof(conf_hb_t, interval_ms), 10, 60000, "100ms", NULL,
-     "time between heartbeats to each peer"},
+     "time between heartbeat rounds to each peer (each round sends 3 datagrams)"},
     {"period", CONF_T_DURATION, offsetof(conf_hb_t, period_ms), 50, 600000, "500ms", NULL,
      "a remote site is available only with a valid heartbeat in each of the last N periods"},
     {"periods", CONF_T_UINT, offsetof(conf_hb_t, periods), 1, 100, "3", NULL, "N"},
