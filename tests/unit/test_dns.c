@@ -1369,6 +1369,172 @@ static void test_nsid_values(void)
     }
 }
 
+/* DNAME details (RFC 6672), in a zone of their own: chains, YXDOMAIN, occlusion, and a
+ * synthesised CNAME that does not fit in 512 bytes (the reply must stay well formed). */
+#define OWN145                                                                                     \
+    "ooooooooooooooooooooooooooooooooooooooooooooooooooooooooooooooo."                             \
+    "ppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppppp.qqqqq"
+#define TGT153                                                                                     \
+    "ttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt."                             \
+    "uuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuuu.vvvvvvvvvvvv.example.net."
+#define PRE98                                                                                      \
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa."                             \
+    "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+
+static bool ck_dn_chain(const msg_t *m)
+{
+    /* d1 DNAME, CNAME a.d1 -> a.d2, d2 DNAME, CNAME a.d2 -> a.new, a.new A */
+    return m->an == 5 && m->rr[0][0].type == RR_DNAME &&
+           strcmp(m->rr[0][0].owner, "d1.example.org.") == 0 && m->rr[0][1].type == RR_CNAME &&
+           strcmp(m->rr[0][1].owner, "A.d1.example.org.") == 0 && m->rr[0][2].type == RR_DNAME &&
+           m->rr[0][3].type == RR_CNAME &&
+           strcmp(rd_name(m, &m->rr[0][3], 0), "a.new.example.org.") == 0 &&
+           m->rr[0][4].type == RR_A && rd_is_ip4(m, &m->rr[0][4], 192, 0, 2, 4);
+}
+
+static bool ck_dn_only(const msg_t *m)
+{
+    return m->an == 1 && m->rr[0][0].type == RR_DNAME &&
+           strcmp(rd_name(m, &m->rr[0][0], 0), "new.example.org.") == 0;
+}
+
+static bool ck_dn_ttl(const msg_t *m)
+{
+    /* The synthesised CNAME has the DNAME's TTL (RFC 6672 3.3 allows it, Knot does it). */
+    const rr_t *d = find_rr(m, 0, RR_DNAME, 0), *c = find_rr(m, 0, RR_CNAME, 0);
+    return d && c && d->ttl == 300 && c->ttl == d->ttl;
+}
+
+static bool ck_dn_long(const msg_t *m)
+{
+    const rr_t *c = find_rr(m, 0, RR_CNAME, 0);
+    return m->an == 2 && c && strcmp(rd_name(m, c, 0), PRE98 "." TGT153) == 0;
+}
+
+static void test_dname_cases(void)
+{
+    static const char text[] = "$TTL 300\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\n"
+                               "old DNAME new.example.org.\nnew A 192.0.2.2\n"
+                               "y.old A 192.0.2.99\n" /* occluded by the DNAME */
+                               "d1 DNAME d2.example.org.\nd2 DNAME new.example.org.\n"
+                               "a.new A 192.0.2.4\n" OWN145 " DNAME " TGT153 "\n";
+    zone_t *z = NULL;
+    char err[512] = "";
+    snap_t *s = make_snap("i", "v", "", 1232);
+    if (!s || zone_load_string("example.org", text, sizeof(text) - 1, &z, err, sizeof(err)) != 0 ||
+        zone_db_add(s->zones, z) != 0) {
+        tap_ok(false, "snapshot for the DNAME cases (%s)", err);
+        snap_free(s);
+        return;
+    }
+    static const dcase_t dn[] = {
+        {"DNAME chain",
+         {"A.d1.example.org", RR_A},
+         UDP,
+         0,
+         1,
+         0,
+         5,
+         0,
+         0,
+         "two DNAMEs, two CNAMEs, the A",
+         ck_dn_chain},
+        {"DNAME to a missing name",
+         {"zz.old.example.org", RR_A},
+         UDP,
+         RCODE_NXDOMAIN,
+         1,
+         0,
+         2,
+         1,
+         0,
+         "DNAME, CNAME, then NXDOMAIN with SOA",
+         ck_dn_ttl},
+        {"name below a DNAME is occluded",
+         {"y.old.example.org", RR_A},
+         UDP,
+         RCODE_NXDOMAIN,
+         1,
+         0,
+         2,
+         1,
+         0,
+         "redirected, its own A not served",
+         ck_dn_ttl},
+        {"the DNAME itself",
+         {"old.example.org", RR_DNAME},
+         UDP,
+         0,
+         1,
+         0,
+         1,
+         0,
+         0,
+         "answer",
+         ck_dn_only},
+        {"A at a DNAME owner", {"old.example.org", RR_A}, UDP, 0, 1, 0, 0, 1, 0, "NODATA", NULL},
+        {"CNAME asked below a DNAME",
+         {"x.old.example.org", RR_CNAME},
+         UDP,
+         0,
+         1,
+         0,
+         2,
+         0,
+         0,
+         "DNAME and the synthesised CNAME, not followed",
+         ck_dn_ttl},
+        {"substituted name too long",
+         {"ccccc." PRE98 "." OWN145 ".example.org", RR_A},
+         UDP,
+         6,
+         1,
+         0,
+         1,
+         0,
+         0,
+         "YXDOMAIN with the DNAME",
+         NULL},
+        {"long synthesised CNAME over UDP 512",
+         {PRE98 "." OWN145 ".example.org", RR_A},
+         UDP,
+         0,
+         1,
+         1,
+         -1,
+         0,
+         0,
+         "TC, well-formed",
+         NULL},
+        {"long synthesised CNAME with EDNS",
+         {PRE98 "." OWN145 ".example.org", RR_A, EDNS},
+         UDP_BIG_BUF,
+         0,
+         1,
+         0,
+         2,
+         0,
+         1,
+         "DNAME and CNAME to the 253-byte name",
+         ck_dn_long},
+    };
+    for (size_t i = 0; i < MS_ARRAY_LEN(dn); i++) {
+        const dcase_t *c = &dn[i];
+        msg_t m;
+        bool ok = ask(s, &c->q, c->transport, &m);
+        bool all = ok && m.rcode == c->rcode && m.aa == (c->aa != 0) && m.tc == (c->tc != 0) &&
+                   (c->an < 0 || m.an == c->an) && m.ns == c->ns && m.ar == c->ar &&
+                   (!c->check || c->check(&m));
+        tap_ok(all, "%s: rcode %u aa %d tc %d an %d ns %d ar %d; %s", c->what, c->rcode, c->aa,
+               c->tc, c->an, c->ns, c->ar, c->detail);
+        if (!all) {
+            tap_diag("  got: parsed %d (%zu bytes), rcode %u aa %d tc %d an %u ns %u ar %u", ok,
+                     resp_len, m.rcode, m.aa, m.tc, m.an, m.ns, m.ar);
+        }
+    }
+    snap_free(s);
+}
+
 /* DNAME (RFC 6672): either refused when the zone is loaded, or answered as a DNAME: a name
  * below the owner gets the DNAME and a synthesised CNAME, never NXDOMAIN. */
 static void test_dname(void)
@@ -1400,6 +1566,7 @@ static void test_dname(void)
            "DNAME: x.old -> DNAME + CNAME x.new (got rcode %u, an %u)", ok ? m.rcode : 99,
            ok ? m.an : 0);
     snap_free(s);
+    test_dname_cases();
 }
 
 /* RFC 4592 4.2: a wildcard owning NS is a delegation; names it matches get a referral (NS
