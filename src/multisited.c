@@ -159,9 +159,10 @@ static int do_reload(char *err, size_t errlen)
     if (old->listen.n != s->conf->listen.n ||
         memcmp(old->listen.v, s->conf->listen.v, old->listen.n * sizeof(net_addr_t)) != 0 ||
         old->udp_threads != s->conf->udp_threads || old->tcp_threads != s->conf->tcp_threads ||
-        strcmp(old->control_socket, s->conf->control_socket) != 0) {
-        log_warn("reload: listen addresses, thread counts and the control socket change only "
-                 "on restart");
+        strcmp(old->control_socket, s->conf->control_socket) != 0 ||
+        strcmp(old->status_listen, s->conf->status_listen) != 0) {
+        log_warn("reload: listen addresses, thread counts, the control socket and the status "
+                 "endpoint change only on restart");
     }
     log_set_level((log_level_t)s->conf->log_level);
     snap_publish(s);

@@ -96,6 +96,18 @@ static void test_dns(void)
            "queries by qtype, unknown types as other");
     tap_ok(has(&b, "# TYPE multisite_dns_queries_total counter") && well_formed(&b),
            "DNS metrics well formed");
+    static const struct {
+        uint16_t type;
+        const char *name;
+    } types[] = {{1, "A"},      {2, "NS"},    {5, "CNAME"}, {6, "SOA"},    {12, "PTR"},
+                 {15, "MX"},    {16, "TXT"},  {28, "AAAA"}, {33, "SRV"},   {64, "SVCB"},
+                 {65, "HTTPS"}, {255, "ANY"}, {3, "other"}, {99, "other"}, {256, "other"}};
+    bool names_ok = true;
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        names_ok = names_ok &&
+                   strcmp(dns_qtype_slot_name(dns_qtype_slot(types[i].type)), types[i].name) == 0;
+    }
+    tap_ok(names_ok, "every counted type has its own slot and name; the rest are other");
     tap_ok(strcmp(dns_qtype_slot_name(dns_qtype_slot(65)), "HTTPS") == 0 &&
                strcmp(dns_qtype_slot_name(dns_qtype_slot(0)), "other") == 0 &&
                dns_qtype_slot(65535) == DNS_QTYPE_OTHER,
