@@ -66,7 +66,9 @@ static const char *meta_sql =
     " seq bigint NOT NULL, tbl text NOT NULL, pk text NOT NULL, kind text NOT NULL,"
     " error text NOT NULL, payload bytea NOT NULL, attempts int NOT NULL,"
     " first_ms bigint NOT NULL, last_ms bigint NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS rep_tick(id bigserial PRIMARY KEY, snap pg_snapshot NOT NULL);";
+    "CREATE TABLE IF NOT EXISTS rep_tick(id bigserial PRIMARY KEY, snap pg_snapshot NOT NULL);"
+    "ALTER TABLE rep_tick ADD COLUMN IF NOT EXISTS lo_snap pg_snapshot,"
+    " ADD COLUMN IF NOT EXISTS bounds bigint[];";
 
 #define HLC_PG "((extract(epoch from clock_timestamp()) * 1000)::bigint << 16)"
 
@@ -546,43 +548,191 @@ static sync_ver_t ver_pg(PGresult *r, int row, int col)
 
 /* ---- read: the sender side ---- */
 
+/* Positions on PostgreSQL: tick id << 24 | part. A window larger than batch_rows is cut into
+ * parts at row positions (rep_seq values) chosen once, when the tick is taken, and stored
+ * with it (bounds), so a resend cuts it the same way; a row that moved to a later window
+ * since only leaves a part smaller. */
+#define PG_PART_BITS       24
+#define PG_POS(tick, part) (((uint64_t)(tick) << PG_PART_BITS) | (uint64_t)(part))
+
+typedef struct {
+    uint64_t id;
+    unsigned part;
+    char *snap, *lo_snap;
+    int64_t lo_seq, hi_seq; /* the part: rows with lo_seq < seq <= hi_seq */
+} pg_target_t;
+
+static void target_free(pg_target_t *t)
+{
+    free(t->snap);
+    free(t->lo_snap);
+}
+
+/* Fill the part's seq range from a bounds array literal "{10,20,30}". */
+static bool part_range(const char *bounds, unsigned part, int64_t *lo, int64_t *hi,
+                       unsigned *nparts)
+{
+    unsigned i = 0;
+    int64_t prev = INT64_MIN;
+    const char *p = bounds;
+    bool found = false;
+    while (p && *p) {
+        if (*p == '{' || *p == ',' || *p == '}') {
+            p++;
+            continue;
+        }
+        char *end;
+        int64_t v = strtoll(p, &end, 10);
+        if (end == p) {
+            break;
+        }
+        if (i == part) {
+            *lo = prev;
+            *hi = v;
+            found = true;
+        }
+        prev = v;
+        i++;
+        p = end;
+    }
+    *nparts = i;
+    return found;
+}
+
+static char *opt_dup(PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? NULL : xstrdup(PQgetvalue(r, row, col));
+}
+
+/* Decide which window part follows position `after`; create a tick when needed. Returns 0
+ * with t->id == 0 when there is nothing to send. Inside the caller's REPEATABLE READ
+ * transaction, whose snapshot is the new tick's. */
+static int next_target(pg_db_t *s, uint64_t after, size_t max, pg_target_t *t)
+{
+    uint64_t k = after >> PG_PART_BITS;
+    unsigned p = (unsigned)(after & ((1u << PG_PART_BITS) - 1));
+    char ks[32];
+    snprintf(ks, sizeof(ks), "%llu", (unsigned long long)k);
+    const char *pk[1] = {ks};
+    memset(t, 0, sizeof(*t));
+    PGresult *r = q(s,
+                    "(SELECT id, snap::text, lo_snap::text, bounds::text, 0 FROM rep_tick WHERE"
+                    " id = $1::bigint) UNION ALL (SELECT id, snap::text, lo_snap::text,"
+                    " bounds::text, 1 FROM rep_tick WHERE id > $1::bigint ORDER BY id LIMIT 1)",
+                    1, pk);
+    if (!r) {
+        return MS_EDB;
+    }
+    unsigned nparts = 0;
+    for (int i = 0; i < PQntuples(r) && !t->id; i++) {
+        bool same = atoi(PQgetvalue(r, i, 4)) == 0;
+        unsigned want = same ? p + 1 : 0;
+        if (part_range(PQgetvalue(r, i, 3), want, &t->lo_seq, &t->hi_seq, &nparts)) {
+            t->id = strtoull(PQgetvalue(r, i, 0), NULL, 10);
+            t->part = want;
+            t->snap = opt_dup(r, i, 1);
+            t->lo_snap = opt_dup(r, i, 2);
+        }
+    }
+    char *last_snap = NULL;
+    for (int i = 0; i < PQntuples(r); i++) {
+        if (atoi(PQgetvalue(r, i, 4)) == 0) {
+            last_snap = opt_dup(r, i, 1);
+        }
+    }
+    PQclear(r);
+    if (t->id) {
+        free(last_snap);
+        return 0;
+    }
+    /* A new tick: the window is what committed since tick k (everything, at the start). */
+    if (k > 0 && !last_snap) {
+        log_warn("position %llu is no longer known here; sending from the start",
+                 (unsigned long long)after);
+    }
+    buf_t sql;
+    buf_init(&sql);
+    buf_printf(&sql, "SELECT seq FROM (");
+    for (size_t ti = 0; ti < s->nt; ti++) {
+        buf_printf(&sql,
+                   "%sSELECT seq FROM \"rep_c_%s\" c WHERE c.xid IS NOT NULL AND ($1::text IS "
+                   "NULL OR (c.xid >= pg_snapshot_xmin($1::pg_snapshot) AND NOT "
+                   "pg_visible_in_snapshot(c.xid, $1::pg_snapshot)))",
+                   ti ? " UNION ALL " : "", s->t[ti].name);
+    }
+    buf_printf(&sql, ") w ORDER BY seq");
+    const char *p1[1] = {last_snap};
+    r = q(s, cstr(&sql), 1, p1);
+    buf_deinit(&sql);
+    if (!r) {
+        free(last_snap);
+        return MS_EDB;
+    }
+    int nrows = PQntuples(r);
+    if (nrows == 0) {
+        PQclear(r);
+        free(last_snap);
+        return 0;
+    }
+    buf_t bounds;
+    buf_init(&bounds);
+    buf_append(&bounds, "{", 1);
+    unsigned np = 0;
+    for (int i = 0; i < nrows; i++) {
+        if ((size_t)(i + 1) % max == 0 || i == nrows - 1) {
+            buf_printf(&bounds, "%s%s", np++ ? "," : "", PQgetvalue(r, i, 0));
+        }
+    }
+    buf_append(&bounds, "}", 1);
+    PQclear(r);
+    if (np >= (1u << PG_PART_BITS)) {
+        log_err("a window of %d rows needs more than %u parts: raise batch_rows", nrows, np);
+        buf_deinit(&bounds);
+        free(last_snap);
+        return MS_ERANGE;
+    }
+    const char *p2[2] = {last_snap, cstr(&bounds)};
+    r = q(s,
+          "INSERT INTO rep_tick(snap, lo_snap, bounds) VALUES(pg_current_snapshot(),"
+          " $1::pg_snapshot, $2::bigint[]) RETURNING id, snap::text",
+          2, p2);
+    if (r) {
+        t->id = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+        t->part = 0;
+        t->snap = xstrdup(PQgetvalue(r, 0, 1));
+        t->lo_snap = last_snap;
+        last_snap = NULL;
+        part_range(cstr(&bounds), 0, &t->lo_seq, &t->hi_seq, &nparts);
+    }
+    PQclear(r);
+    buf_deinit(&bounds);
+    free(last_snap);
+    return r ? 0 : MS_EDB;
+}
+
 static int pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t *n, uint64_t *hi)
 {
     pg_db_t *s = (pg_db_t *)db;
-    (void)max; /* a window is sent whole: see the design note at the top */
     *n = 0;
     *hi = after;
     if (ex(s, "BEGIN ISOLATION LEVEL REPEATABLE READ") != 0) {
         return MS_EDB;
     }
-    char after_s[32], hi_s[32];
-    snprintf(after_s, sizeof(after_s), "%llu", (unsigned long long)after);
-    const char *p1[1] = {after_s};
-    char *lo_snap = NULL, *hi_snap = NULL;
-    uint64_t hi_id = 0;
-    int rc = 0;
-    PGresult *r = q(s,
-                    "SELECT (SELECT snap::text FROM rep_tick WHERE id = $1::bigint),"
-                    " (SELECT id FROM rep_tick WHERE id > $1::bigint ORDER BY id LIMIT 1),"
-                    " (SELECT snap::text FROM rep_tick WHERE id > $1::bigint ORDER BY id"
-                    " LIMIT 1), pg_current_snapshot()::text",
-                    1, p1);
-    if (!r) {
-        rc = MS_EDB;
-        goto done;
+    pg_target_t tg;
+    int rc = next_target(s, after, max ? max : 1, &tg);
+    if (rc != 0 || tg.id == 0) {
+        target_free(&tg);
+        if (rc == 0) {
+            return ex(s, "COMMIT");
+        }
+        PQclear(PQexec(s->pc, "ROLLBACK"));
+        return rc;
     }
-    if (after > 0 && PQgetisnull(r, 0, 0)) {
-        log_warn("position %llu is no longer known here; resending from the start",
-                 (unsigned long long)after);
-    }
-    lo_snap = PQgetisnull(r, 0, 0) ? NULL : xstrdup(PQgetvalue(r, 0, 0));
-    if (!PQgetisnull(r, 0, 1)) {
-        hi_id = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
-        hi_snap = xstrdup(PQgetvalue(r, 0, 2));
-    } else {
-        hi_snap = xstrdup(PQgetvalue(r, 0, 3));
-    }
-    PQclear(r);
+    uint64_t pos = PG_POS(tg.id, tg.part);
+    char los[32], his[32];
+    snprintf(los, sizeof(los), "%lld", (long long)tg.lo_seq);
+    snprintf(his, sizeof(his), "%lld", (long long)tg.hi_seq);
+    PGresult *r = NULL;
     arena_t *a = arena_new(64 * 1024);
     size_t cap = 1024;
     sync_batch_t b = {0};
@@ -607,10 +757,11 @@ static int pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t
                    " FROM \"rep_c_%s\" c LEFT JOIN \"%s\" t ON t.\"%s\" = c.\"%s\" WHERE c.xid IS "
                    "NOT NULL AND pg_visible_in_snapshot(c.xid, $1::pg_snapshot) AND ($2::text IS "
                    "NULL OR (c.xid >= pg_snapshot_xmin($2::pg_snapshot) AND NOT "
-                   "pg_visible_in_snapshot(c.xid, $2::pg_snapshot))) ORDER BY c.seq",
+                   "pg_visible_in_snapshot(c.xid, $2::pg_snapshot))) AND c.seq > $3::bigint AND "
+                   "c.seq <= $4::bigint ORDER BY c.seq",
                    t->name, t->name, t->cols[0], t->cols[0]);
-        const char *p2[2] = {hi_snap, lo_snap};
-        r = q(s, cstr(&sql), 2, p2);
+        const char *p2[4] = {tg.snap, tg.lo_snap, los, his};
+        r = q(s, cstr(&sql), 4, p2);
         buf_deinit(&sql);
         if (!r) {
             rc = MS_EDB;
@@ -644,43 +795,28 @@ static int pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t
             }
         }
     }
-    if (rc == 0 && (b.nentries > 0 || hi_id)) {
-        if (!hi_id) {
-            const char *p3[1] = {hi_snap};
-            r = q(s, "INSERT INTO rep_tick(snap) VALUES($1::pg_snapshot) RETURNING id", 1, p3);
-            if (!r) {
-                rc = MS_EDB;
-            } else {
-                hi_id = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
-                PQclear(r);
-            }
+    if (rc == 0) {
+        for (size_t i = 0; i < b.nentries; i++) {
+            ents[i].seq = pos;
         }
-        if (rc == 0) {
-            for (size_t i = 0; i < b.nentries; i++) {
-                ents[i].seq = hi_id;
-            }
-            b.seq_hi = hi_id;
-            b.entries = ents;
-            sync_enc_batch(out, &b);
-            *n = b.nentries;
-            *hi = hi_id;
-        }
+        b.seq_hi = pos;
+        b.entries = ents;
+        sync_enc_batch(out, &b);
+        *n = b.nentries;
+        *hi = pos;
     }
-    snprintf(hi_s, sizeof(hi_s), "%llu", (unsigned long long)hi_id);
     for (size_t ti = 0; ti < s->nt; ti++) {
         PQclear(keep[ti]);
     }
     free(keep);
     free(ents);
     arena_free(a);
-done:
     if (rc == 0) {
         rc = ex(s, "COMMIT");
     } else {
         PQclear(PQexec(s->pc, "ROLLBACK"));
     }
-    free(lo_snap);
-    free(hi_snap);
+    target_free(&tg);
     return rc;
 }
 
@@ -1433,7 +1569,7 @@ static int pg_set_acked(sync_db_t *db, uint32_t peer, uint64_t acked)
     }
     buf_printf(&b, ") q(site) LEFT JOIN rep_peer p ON p.site = q.site WHERE q.site != 0), 0);"
                    /* ticks before the slowest peer's position are never needed again */
-                   "DELETE FROM rep_tick WHERE id < (SELECT acked FROM rep_meta);");
+                   "DELETE FROM rep_tick WHERE id < (SELECT acked >> 24 FROM rep_meta);");
     int rc = ex(s, cstr(&b));
     buf_deinit(&b);
     return rc;
@@ -1461,7 +1597,7 @@ static int pg_status(sync_db_t *db, sync_db_status_t *out)
             snprintf(w, sizeof(w),
                      "xid IS NOT NULL AND (%llu = 0 OR NOT pg_visible_in_snapshot(xid, (SELECT "
                      "snap FROM rep_tick WHERE id = %llu)))",
-                     (unsigned long long)p->acked, (unsigned long long)p->acked);
+                     (unsigned long long)p->acked, (unsigned long long)(p->acked >> 24));
             snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"rep_c_%s\" WHERE %s", s->t[k].name,
                      w);
             p->backlog += (uint64_t)q_int(s, sql);

@@ -117,3 +117,30 @@ def test_sqlite_and_postgresql_sites_converge(tmp_path):
             [(1, "pg", 7, 0.25, b"\x01\x02")]
     finally:
         c.stop()
+
+
+@pytest.mark.parametrize("point", ["apply.begin:1", "apply.entry:2", "apply.commit:1",
+                                   "apply.committed:2"])
+def test_pg_exactly_once_across_a_crash_in_apply(tmp_path, point):
+    c = Cluster(tmp_path, 2, schema=PG_ITEMS, backend="postgresql")
+    try:
+        c.init()
+        a, b = c.sites
+        a.start()
+        b.start(env={"MS_SYNC_FAULT": point})
+        n = 0
+        # several windows: one transaction each, a little apart
+        for w in range(6):
+            a.sql("INSERT INTO items(id, a, b) SELECT g, 'r', g FROM generate_series(%d, %d) g"
+                  % (w * 10, w * 10 + 9))
+            n += 10
+            time.sleep(0.05)
+        wait_for(lambda: not b.alive(), 20, "the fault to kill the receiver")
+        b.proc = None
+        b.start()
+        c.wait_synced(60)
+        st = b.status()
+        assert st["peers"][0]["applied"] == n, st
+        assert b.sql("SELECT count(*), sum(b) FROM items") == [(n, n * (n - 1) // 2)]
+    finally:
+        c.stop()
