@@ -904,8 +904,12 @@ static void answer_in(ctx_t *c)
             memcpy(syn, name, prefix);
             dname_lower(syn + prefix, rr + 2, tl);
             memcpy(next, syn, prefix + tl);
+            size_t save_len = c->r->len;
+            int save_comp = c->r->ncomp;
             if (!put_rr(c->r, ow, RR_CNAME, 1, zone_rrset_ttl(drs), next,
                         (uint16_t)(prefix + tl))) {
+                c->r->len = save_len; /* no half-written record */
+                c->r->ncomp = save_comp;
                 c->r->tc = true;
                 return;
             }
@@ -1006,9 +1010,11 @@ static void answer_ch(ctx_t *c)
     memcpy(rd + 1, text, tl);
     c->aa = true;
     owner_t ow = {HDR, NULL, 0};
+    size_t save_len = c->r->len;
     if (put_rr(c->r, ow, RR_TXT, 3, 0, rd, (uint16_t)(tl + 1))) {
         c->r->count[SEC_AN]++;
     } else {
+        c->r->len = save_len;
         c->r->tc = true;
     }
 }
