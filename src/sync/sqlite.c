@@ -571,17 +571,25 @@ static int schema_version(sq_db_t *s)
     return v;
 }
 
+static int fold_txn(sq_db_t *s);
+static int fold(sq_db_t *s);
+
 /* Install (or refresh, after a column was added) capture for every configured table, in one
  * transaction, then load the metadata the agent needs. Idempotent. */
 static int sq_init(sync_db_t *db, char *why, size_t whylen)
 {
     sq_db_t *s = (sq_db_t *)db;
     const sync_conf_t *c = db->conf;
-    tables_free(s);
     if (exec(s, "BEGIN IMMEDIATE") != 0) {
         return why_db(s, why, whylen, "cannot start the init transaction");
     }
-    int rc = exec(s, meta_sql);
+    /* A refresh (a column was added): fold what the old triggers logged under the old
+     * column order first, in this transaction, so no change mask is read under the new one. */
+    int rc = s->nt > 0 && s->hlc_bump ? fold(s) : 0;
+    tables_free(s);
+    if (rc == 0) {
+        rc = exec(s, meta_sql);
+    }
     if (rc == 0) {
         char *sql = xasprintf("INSERT INTO rep_meta(id, site, hlc) VALUES(1, %u, 0) "
                               "ON CONFLICT DO NOTHING",
@@ -671,8 +679,6 @@ static int sq_attach(sync_db_t *db, char *why, size_t whylen)
     }
     return rc;
 }
-
-static int fold_txn(sq_db_t *s);
 
 static bool sq_changed(sync_db_t *db)
 {
