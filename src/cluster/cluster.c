@@ -200,6 +200,16 @@ static bool inputs_moved(cluster_t *c)
     if (!cur) {
         return false;
     }
+    bool uses = false; /* only names ordered by load or rtt depend on them */
+    for (size_t k = 0; k < cur->conf->n_names && !uses; k++) {
+        for (size_t j = 0; j < cur->conf->names[k].n_order; j++) {
+            unsigned o = cur->conf->names[k].order[j];
+            uses = uses || o == CONF_ORDER_LOAD || o == CONF_ORDER_RTT;
+        }
+    }
+    if (!uses) {
+        return false;
+    }
     for (size_t i = 0; i < cur->conf->n_sites && i < MAX_SITES; i++) {
         site_view_t v;
         cluster_site_view(c, i, &v);
