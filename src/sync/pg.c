@@ -13,12 +13,13 @@
  *    guess. The position sent to peers is the tick id, and a window is applied in one
  *    transaction, so a row that moved to a later window since (changed again) never shifts
  *    anything: the cursor only ever names whole windows.
- *  - The transaction HLC is computed once per transaction (set_config(..., true)) from
- *    clock_timestamp() and rep_meta.hlc, the floor the agent raises after applying remote
- *    versions; per column it is max(txn_hlc, previous version + 1) under the clock row's
- *    lock, so a site's versions of one column strictly increase. No shared counter row is
- *    updated by the triggers, so concurrent writers do not serialise on capture.
- *  - Capture suppression: the agent's apply transaction does SET LOCAL rep.applying = 'on'.
+ *  - The HLC of a change is max(clock_timestamp(), rep_meta.hlc + 1), the floor the agent
+ *    raises after applying remote versions; per column it is max(that, previous version +
+ *    1) under the clock row's lock, so a site's versions of one column strictly increase. No
+ *    shared counter row is updated by the triggers, so concurrent writers do not serialise
+ *    on capture.
+ *  - Capture suppression: the agent's apply transaction does SET LOCAL rep.applying = 'on';
+ *    the trigger's WHEN tests it, so the agent's rows do not even queue a trigger event.
  *  - Apply is set-based: one query reads the clock and local rows of a whole batch
  *    (unnest of a key array), decisions are made in C with merge.c, and a handful of
  *    array statements write rows, clocks and conflicts. A constraint error rolls the chunk
@@ -276,25 +277,22 @@ static void gen_capture(buf_t *b, const pg_table_t *t, uint32_t site)
                    "COLUMN IF NOT EXISTS \"bs_%s\" int;",
                    T, n, n, n, n);
     }
-    buf_printf(b,
-               "CREATE OR REPLACE FUNCTION \"rep_trg_%s\"() RETURNS trigger LANGUAGE plpgsql AS "
-               "$rep$\n#variable_conflict use_variable\nDECLARE h bigint; me int; m bigint := 0;"
-               "\nBEGIN\n IF current_setting('rep.applying', true) = 'on' THEN RETURN NULL; END "
-               "IF;\n IF TG_OP = 'UPDATE' THEN\n  IF OLD.\"%s\" IS DISTINCT FROM NEW.\"%s\" THEN "
-               "RAISE EXCEPTION 'multisite-syncd: primary key updates are not replicated; "
-               "delete the row and insert it under the new key'; END IF;\n  m := 0",
-               T, P, P);
+    buf_printf(
+        b,
+        "CREATE OR REPLACE FUNCTION \"rep_trg_%s\"() RETURNS trigger LANGUAGE plpgsql AS "
+        "$rep$\n#variable_conflict use_variable\nDECLARE h bigint; me int; m bigint := 0;"
+        "\nBEGIN\n IF TG_OP = 'UPDATE' THEN\n  IF OLD.\"%s\" IS DISTINCT FROM NEW.\"%s\" THEN "
+        "RAISE EXCEPTION 'multisite-syncd: primary key updates are not replicated; "
+        "delete the row and insert it under the new key'; END IF;\n  m := 0",
+        T, P, P);
     for (unsigned c = 1; c <= t->ncols; c++) {
         buf_printf(b, " | (CASE WHEN OLD.\"%s\" IS DISTINCT FROM NEW.\"%s\" THEN %lld ELSE 0 END)",
                    t->cols[c], t->cols[c], (long long)(1ull << (c - 1)));
     }
     buf_printf(b,
                ";\n  IF m = 0 THEN RETURN NULL; END IF;\n ELSIF TG_OP = 'INSERT' THEN m := %lld; "
-               "END IF;\n h := nullif(current_setting('rep.txn_hlc', true), '')::bigint;\n IF h "
-               "IS NULL THEN\n  SELECT greatest(" HLC_PG
-               ", r.hlc + 1), r.site INTO h, me FROM rep_meta r;\n  PERFORM "
-               "set_config('rep.txn_hlc', h::text, true);\n  PERFORM set_config('rep.txn_site', "
-               "me::text, true);\n ELSE\n  me := current_setting('rep.txn_site')::int;\n END IF;\n"
+               "END IF;\n SELECT greatest(" HLC_PG
+               ", r.hlc + 1), r.site INTO h, me FROM rep_meta r;\n"
                " IF TG_OP = 'DELETE' THEN\n  INSERT INTO \"rep_c_%s\" AS c (\"%s\", seq, xid, lh, "
                "mask, cl, clh, cls) VALUES (OLD.\"%s\", nextval('rep_seq'), pg_current_xact_id(), "
                "h, 0, 2, h, me) ON CONFLICT (\"%s\") DO UPDATE SET seq = excluded.seq, xid = "
