@@ -124,6 +124,13 @@ def diff_messages(knot, ours, allow):
                        f"{dns.rcode.to_text(ours.rcode())}, EDNS {ours.edns}, "
                        f"{len(ours.answer)}/{len(ours.authority)}/{len(ours.additional)} RRsets")
         return out
+    if "chaos-any" in allow and knot.rcode() == dns.rcode.REFUSED and \
+            ours.rcode() == dns.rcode.NOERROR:
+        a = ours.answer
+        if len(a) != 1 or a[0].rdtype != dns.rdatatype.TXT or a[0].rdclass != \
+                dns.rdataclass.CH or a[0].name != ours.question[0].name or len(a[0]) != 1:
+            out.append(f"CHAOS ANY: want the one CH TXT record, got {fmt(a)}")
+        return out
     if knot.opcode() != ours.opcode():
         out.append(f"opcode: knot {dns.opcode.to_text(knot.opcode())} "
                    f"ours {dns.opcode.to_text(ours.opcode())}")
@@ -235,6 +242,11 @@ ALLOWANCES = {
     "ecs-scope": "RFC 7871 sec. 6 says SCOPE PREFIX-LENGTH MUST be 0 in queries but not how "
                  "a server treats one that is not; knotd ignores it. Ours may answer it as "
                  "for \"formerr\" (FORMERR with OPT, no records) or like knotd.",
+    "chaos-any": "RFC 8482 lets ANY be answered with one RRset; knotd REFUSES ANY in class "
+                 "CH, ours may instead answer the one CH TXT record of the name.",
+    "as-512": "RFC 6891 sec. 6.2.5: a UDP size below 512 MUST be treated as 512; knotd "
+              "answers FORMERR to size 1 (but not to 0 or 100). Ours is compared with "
+              "knotd's reply to the same query with size 512.",
     "aa": "RFC 4892 says nothing of AA for CHAOS id.server/version.bind; knotd clears it.",
     "notimp": "Issue 2 asks NOTIMP for every opcode but QUERY. knotd implements NOTIFY and "
               "UPDATE and answers NOTAUTH without an ACL; RFC 1035 sec. 4.1.1 lets a server "
@@ -251,6 +263,7 @@ class Case:
     def __init__(self, cid, qname, qtype="A", qclass="IN", *, tcp=False, edns=None,
                  payload=None, do=False, options=(), ednsflags=0, rd=False, flags=0,
                  opcode=None, allow=(), expect=None, ours_rcode=None):
+        # "as-512": knotd is asked the same with UDP size 512 (see ALLOWANCES).
         self.id = cid
         self.qname, self.qtype, self.qclass = qname, qtype, qclass
         self.tcp = tcp
@@ -267,13 +280,13 @@ class Case:
         self.expect = expect or {}
 
     def message(self):
-        use_edns = self.edns if self.edns is not None else (0 if (self.payload or self.do
-                                                                   or self.options) else -1)
+        use_edns = self.edns if self.edns is not None else \
+            (0 if (self.payload is not None or self.do or self.options) else -1)
         m = dns.message.make_query(self.qname, self.qtype, self.qclass)
         if use_edns >= 0:
             # use_edns() directly: make_query() in dnspython 2.3 turns version 1 into 0.
             m.use_edns(use_edns, (dns.flags.DO if self.do else 0) | self.ednsflags,
-                       self.payload or 1232, options=self.options)
+                       1232 if self.payload is None else self.payload, options=self.options)
         m.flags = (dns.flags.RD if self.rd else 0) | self.flags
         if self.opcode is not None:
             m.set_opcode(self.opcode)
@@ -456,6 +469,9 @@ CASES = [
     C("chaos-version.server", "version.server", "TXT", "CH", allow=["aa"]),
     C("chaos-VERSION.BIND-case", "VERSION.BIND", "TXT", "CH", allow=["aa"]),
     C("chaos-id.server-type-A", "id.server", "A", "CH"),
+    C("chaos-ANY-id.server", "id.server", "ANY", "CH", allow=["chaos-any", "aa"]),
+    C("chaos-ANY-version.bind-EDNS", "version.bind", "ANY", "CH", edns=0,
+      allow=["chaos-any", "aa", "ede"]),
     C("chaos-unknown-name", "foo.bind", "TXT", "CH"),
 
     # --- Flags in the query.
@@ -471,6 +487,10 @@ CASES = [
     C("EDNS-unknown-flag", "web.example.com", "A", edns=0, ednsflags=0x4000),
     C("EDNS-payload-512", "example.com", "MX", payload=512, allow=["extra-additional"]),
     C("EDNS-payload-under-512", "example.com", "MX", payload=100,
+      allow=["extra-additional"]),
+    C("EDNS-payload-1", "example.com", "MX", payload=1, allow=["as-512", "extra-additional"],
+      expect={"rcode": NOERROR, "tc": False}),
+    C("EDNS-payload-0", "example.com", "MX", payload=0,
       allow=["extra-additional"]),
     C("EDNS-payload-65535", "big.example.com", "A", payload=65535),
     C("EDNS-version-1-BADVERS", "web.example.com", "A", edns=1,
@@ -697,7 +717,12 @@ def test_case_count():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_diff(knot, ours, case):
-    kq, kr = ask(knot, case)
+    if "as-512" in case.allow:
+        kcase = Case(case.id, case.qname, case.qtype, case.qclass, tcp=case.tcp,
+                     payload=512, options=case.options, rd=case.rd)
+        kq, kr = ask(knot, kcase)
+    else:
+        kq, kr = ask(knot, case)
     oq, orr = ask(ours, case)
     problems = check_expect("knot", case, kq, kr) + check_expect("ours", case, oq, orr)
     problems += diff_messages(kr, orr, case.allow)
@@ -804,6 +829,10 @@ MALFORMED = [
      struct.pack(">HHIH", 15, 1, 0, 3) + b"\x00\x0a\x05", (DROP,), FORMERR_OR_DROP),
     ("additional-A-rdlen-3", _hdr(ar=1) + _Q + b"\x00" +
      struct.pack(">HHIH", 1, 1, 0, 3) + b"\x01\x02\x03", (DROP,), FORMERR_OR_DROP),
+    ("additional-DS-empty-rdata", _hdr(ar=1) + _Q + b"\x00" +
+     struct.pack(">HHIH", 43, 1, 0, 0), (DROP,), FORMERR_OR_DROP),
+    ("additional-IPSECKEY-empty-rdata", _hdr(ar=1) + _Q + b"\x00" +
+     struct.pack(">HHIH", 45, 1, 0, 0), (DROP,), FORMERR_OR_DROP),
     ("additional-record-overruns", _hdr(ar=1) + _Q + b"\x00" +
      struct.pack(">HHIH", 1, 1, 0, 40) + b"\x01\x02\x03\x04", (DROP,), FORMERR_OR_DROP),
     ("QR-set-never-answered", _hdr(flags=0x8000) + _Q, (), None),
@@ -1279,6 +1308,33 @@ def _qtype(pkt):
     return None
 
 
+def _qclass(pkt):
+    """QCLASS of the first question of a raw query, or None."""
+    qt = _qtype(pkt)
+    if qt is None:
+        return None
+    i = _skip_name(pkt, 12)
+    return struct.unpack(">H", pkt[i + 2:i + 4])[0]
+
+
+def _opt_payload_at(pkt):
+    """Offset of the UDP size field (CLASS) of the first OPT record in `pkt`, or None."""
+    try:
+        qd, an, ns, ar = struct.unpack(">HHHH", pkt[4:12])
+        i = 12
+        for _ in range(qd):
+            i = _skip_name(pkt, i) + 4
+        for _ in range(an + ns + ar):
+            i = _skip_name(pkt, i)
+            rtype, _, _, rdlen = struct.unpack(">HHIH", pkt[i:i + 10])
+            if rtype == 41:
+                return i + 2
+            i += 10 + rdlen
+    except (IndexError, struct.error):
+        pass
+    return None
+
+
 def _skip_name(pkt, i):
     while True:
         ln = pkt[i]
@@ -1342,6 +1398,9 @@ def mutation_allowed(pkt, k, o):
     if o == "FORMERR" and any(_ecs_invalid(d) for d in _ecs_options(pkt)):
         return True
     qt = _qtype(pkt)
+    # "chaos-any": ANY in class CH may get the one TXT record where knotd REFUSES.
+    if qt == 255 and k == "REFUSED" and o == "NOERROR" and _qclass(pkt) == 3:
+        return True
     # RFC 6895 sec. 3.1 reserves TYPE0 without saying how to answer it: knotd says NOTIMP;
     # answering it as any other type without data (NODATA/NXDOMAIN/REFUSED) is as valid.
     if qt == 0 and k == "NOTIMP" and o in ("NOERROR", "NXDOMAIN", "REFUSED", "FORMERR"):
@@ -1369,6 +1428,10 @@ def test_mutated_queries(knot, ours):
     for _ in range(MUTATIONS):
         pkt = _mutate(rnd, rnd.choice(seeds))
         k, o = kp.outcome(pkt), op.outcome(pkt)
+        at = _opt_payload_at(pkt)
+        if k != o and at is not None and struct.unpack(">H", pkt[at:at + 2])[0] < 512:
+            # "as-512": knotd is asked again with the UDP size set to 512.
+            k = kp.outcome(pkt[:at] + struct.pack(">H", 512) + pkt[at + 2:])
         seen += 1
         if not mutation_allowed(pkt, k, o):
             bad.setdefault((k, o), [0, pkt.hex()])[0] += 1
