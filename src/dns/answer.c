@@ -196,10 +196,14 @@ static size_t rdata_name(const uint8_t *pkt, size_t end, size_t off, bool allow_
 
 /* RDATA of a known type must have the shape its descriptor gives (libknot's table of RR
  * wire formats); Knot answers FORMERR to queries carrying malformed records, and so do we. */
-static bool rdata_valid(const uint8_t *pkt, size_t rdata, uint16_t rdlen, uint16_t type)
+static bool rdata_valid(const uint8_t *pkt, size_t rdata, uint16_t rdlen, uint16_t type,
+                        uint16_t cls)
 {
     if (rdlen == 0) {
-        return true; /* empty RDATA is well formed (RFC 2136 uses it; Knot accepts it) */
+        /* Empty RDATA means "no data" only outside class IN (ANY and NONE in updates,
+         * RFC 2136 2.5); in class IN a known type needs its fields (as Knot checks). */
+        const knot_rdata_descriptor_t *e = knot_get_rdata_descriptor(type);
+        return cls != 1 || !e || !e->type_name;
     }
     const knot_rdata_descriptor_t *d = knot_get_rdata_descriptor(type);
     if (!d || !d->type_name) {
@@ -293,7 +297,7 @@ static int parse_rest(const uint8_t *pkt, size_t len, query_t *q)
             q->tsig_rr = rr;
             q->tsig_rdata = rdata;
             q->tsig_rdlen = rdlen;
-        } else if (!rdata_valid(pkt, rdata, rdlen, type)) {
+        } else if (!rdata_valid(pkt, rdata, rdlen, type, rd_u16(pkt + off + 2))) {
             return -1;
         }
         off = rdata + rdlen;

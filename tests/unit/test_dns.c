@@ -1054,8 +1054,8 @@ static void test_raw(void)
            "a record in the authority section is skipped, OPT after it read");
 
     /* RDATA of known types must be well formed (FORMERR otherwise, as Knot); unknown types
-     * and empty RDATA are opaque. Each is one record in the authority section of a plain
-     * query for www.example.com. */
+     * are opaque; empty RDATA is "no data" only outside class IN (update semantics). Each is
+     * one record in the authority section of a plain query for www.example.com. */
     static const struct {
         const char *what;
         uint8_t rr[24];
@@ -1064,7 +1064,8 @@ static void test_raw(void)
     } rds[] = {
         {"A with 4 bytes", {0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 1, 2, 3, 4}, 16, true},
         {"A with 3 bytes", {0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 3, 1, 2, 3}, 15, false},
-        {"empty A", {0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0}, 12, true},
+        {"empty A in class IN", {0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0}, 12, false},
+        {"empty A in class NONE", {0xC0, 12, 0, 1, 0, 254, 0, 0, 0, 0, 0, 0}, 12, true},
         {"NS pointing back at the qname",
          {0xC0, 12, 0, 2, 0, 1, 0, 0, 0, 0, 0, 2, 0xC0, 12},
          14,
