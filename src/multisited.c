@@ -196,7 +196,24 @@ static uint16_t on_ctl(void *ud, const ctl_request_t *req, buf_t *out)
                    (unsigned long long)snap_current()->generation);
         return CTL_OK;
     }
-    return (uint16_t)cluster_ctl(cluster, req->argc, req->argv, out);
+    uint16_t st = (uint16_t)cluster_ctl(cluster, req->argc, req->argv, out);
+    const uint8_t *doc;
+    size_t dl;
+    if (st == CTL_OK && strcmp(req->argv[0], "status") == 0 && status_sync_doc(status, &doc, &dl)) {
+        /* Replication lag, backlog and conflicts, from multisite-syncd's status socket. */
+        while (dl && (doc[dl - 1] == '\n' || doc[dl - 1] == ' ')) {
+            dl--;
+        }
+        if (req->argc > 1 && strcmp(req->argv[1], "--json") == 0 && out->len >= 2 &&
+            memcmp(out->data + out->len - 2, "}\n", 2) == 0) {
+            out->len -= 2;
+            buf_printf(out, ",\"sync\":%.*s}\n", (int)dl, (const char *)doc);
+        } else {
+            buf_printf(out, "\nREPLICATION (multisite-syncd status --json)\n%.*s\n", (int)dl,
+                       (const char *)doc);
+        }
+    }
+    return st;
 }
 
 static void on_stop(uv_signal_t *h, int signum)

@@ -216,6 +216,16 @@ static void render(status_server_t *s)
     s->last_render_ms = now;
 }
 
+bool status_sync_doc(const status_server_t *s, const uint8_t **data, size_t *len)
+{
+    if (!s || !s->sync_path || !sync_fresh(s, time_mono_ms())) {
+        return false;
+    }
+    *data = s->sync_json.data;
+    *len = s->sync_json.len;
+    return true;
+}
+
 /* ---- loop thread: multisite-syncd's status socket (connect, read to EOF, bounded) ---- */
 
 static void poll_closed(uv_handle_t *h)

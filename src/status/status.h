@@ -41,6 +41,9 @@ void status_dns_metrics(const dns_stats_t *st, buf_t *out);
 void status_json_str(buf_t *out, const char *s);
 /* Append the DNS counters as a JSON object. */
 void status_dns_json(const dns_stats_t *st, buf_t *out);
+/* multisite-syncd's last status document, if fresh (loop thread). For multisitectl status. */
+bool status_sync_doc(const status_server_t *s, const uint8_t **data, size_t *len);
+
 /* From multisite-syncd's status JSON (its own format, docs/sync.md): append Prometheus
  * text for replication lag, backlog, conflicts, quarantine. Unparseable input adds nothing. */
 void status_sync_metrics(const char *json, size_t len, buf_t *out);

@@ -488,7 +488,7 @@ def test_replication_from_a_real_syncd(workdir, tmp_path):
         def make(port):
             http_port = free_port(v6=False)
             text = ms_config(port, ZONES, v6=False).replace(
-                "server:\n", "server:\n  control-socket: \"\"\n"
+                "server:\n", f"server:\n  control-socket: \"{ctl_sock}\"\n"
                 f"  status-listen: \"127.0.0.1:{http_port}\"\n"
                 f"  sync-status-socket: {s1.sock}\n", 1)
             conf = os.path.join(str(tmp_path), "ms.yaml")
@@ -498,6 +498,7 @@ def test_replication_from_a_real_syncd(workdir, tmp_path):
             return Server("multisited-sync", [MULTISITED, "-c", conf], port, str(tmp_path),
                           ["127.0.0.1"])
         e = {"http": {}}
+        ctl_sock = os.path.join(str(tmp_path), "ctl.sock")
         srv = _start_with_retry(make)
         try:
             def backlog():
@@ -506,6 +507,15 @@ def test_replication_from_a_real_syncd(workdir, tmp_path):
                 return peers and peers[0]["name"] == "s2" and peers[0]["backlog"] == 7 and st
             st = wait_for(backlog, 15, "/status to show s1's backlog of 7 rows for s2")
             assert st["sync"]["site"] == "s1" and st["sync"]["agent"] == "running"
+            # multisitectl status carries the same replication document (table and JSON).
+            ctl = os.path.join(os.path.dirname(MULTISITED), "multisitectl")
+            r = subprocess.run([ctl, "-s", ctl_sock, "status", "--json"], capture_output=True,
+                               text=True, timeout=10)
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)["sync"]["peers"][0]["backlog"] == 7, r.stdout
+            r = subprocess.run([ctl, "-s", ctl_sock, "status"], capture_output=True, text=True,
+                               timeout=10)
+            assert "REPLICATION" in r.stdout and '"backlog"' in r.stdout, r.stdout
 
             def lagging():
                 t = metrics_text(e)
