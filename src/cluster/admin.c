@@ -292,11 +292,37 @@ static unsigned cmd_status(cluster_t *c, bool json, buf_t *out)
     return CTL_OK;
 }
 
+/* drain SITE/WEB: one web server counts as down in its site's verdict. */
+static unsigned cmd_drain_web(cluster_t *c, const char *arg, buf_t *out, bool on)
+{
+    const conf_t *conf = snap_current()->conf;
+    const char *slash = strchr(arg, '/');
+    char site[64];
+    snprintf(site, sizeof(site), "%.*s", (int)(slash - arg), arg);
+    int si = site_index(conf, site);
+    if (si < 0 || !c->health || health_set_web_drained(c->health, (size_t)si, slash + 1, on) != 0) {
+        buf_printf(out, "no web server '%s' (SITE/WEB, as named under web-servers)\n", arg);
+        return CTL_ENOENT;
+    }
+    admin_t *a = admin_find(c, arg, true);
+    if (a) {
+        a->drain = on ? ADMIN_DRAIN_SOFT : ADMIN_DRAIN_NONE;
+    }
+    log_info("operator: web server %s %s", arg, on ? "drained" : "undrained");
+    admin_save(c);
+    buf_printf(out, "web server %s: %s\n", arg,
+               on ? "drained: counts as down in its site's verdict" : "undrained");
+    return CTL_OK;
+}
+
 static unsigned cmd_drain(cluster_t *c, size_t argc, char *const *argv, buf_t *out, bool on)
 {
     const conf_t *conf = snap_current()->conf;
+    if (argc == 2 && strchr(argv[1], '/')) {
+        return cmd_drain_web(c, argv[1], out, on);
+    }
     if (argc < 2 || argc > 3 || (argc == 3 && (!on || strcmp(argv[2], "--hard") != 0))) {
-        buf_printf(out, "usage: drain SITE [--hard] | undrain SITE\n");
+        buf_printf(out, "usage: drain SITE [--hard] | drain SITE/WEB | undrain SITE[/WEB]\n");
         return CTL_EUSAGE;
     }
     if (site_index(conf, argv[1]) < 0) {

@@ -284,6 +284,20 @@ static int start(cluster_t *c, const conf_t *conf)
     }
     health_free(c->health);
     c->health = h;
+    /* Web servers drained by the operator stay drained across reloads and restarts. */
+    for (size_t i = 0; i < c->n_admin; i++) {
+        const char *slash = strchr(c->admin[i].site, '/');
+        if (!slash || !c->admin[i].drain) {
+            continue;
+        }
+        for (size_t k = 0; k < conf->n_sites; k++) {
+            if (strlen(conf->sites[k].name) == (size_t)(slash - c->admin[i].site) &&
+                strncmp(conf->sites[k].name, c->admin[i].site,
+                        (size_t)(slash - c->admin[i].site)) == 0) {
+                (void)!health_set_web_drained(h, k, slash + 1, true);
+            }
+        }
+    }
     tell_peers(c, conf);
     publish(c);
     return 0;

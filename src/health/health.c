@@ -416,6 +416,24 @@ void health_free(health_t *h)
     uv_close((uv_handle_t *)&h->notify_timer, ht_handle_closed);
 }
 
+int health_set_web_drained(health_t *h, size_t site, const char *web, bool drained)
+{
+    if (!h || site >= h->n_sites) {
+        return MS_ENOENT;
+    }
+    ht_site_t *s = &h->sites[site];
+    for (size_t k = 0; k < s->n_web; k++) {
+        if (strcmp(s->web_in[k].name, web) == 0) {
+            if (s->web_in[k].drained != drained) {
+                s->web_in[k].drained = drained;
+                site_update(h, s);
+            }
+            return 0;
+        }
+    }
+    return MS_ENOENT;
+}
+
 size_t health_site_count(const health_t *h)
 {
     return h ? h->n_sites : 0;

@@ -86,6 +86,9 @@ int health_new(uv_loop_t *loop, const conf_t *conf, const health_t *prev, health
 void health_free(health_t *h);
 
 size_t health_site_count(const health_t *h);
+/* Operator drain of one web server of site i (by its configured name): it counts as not up
+ * in the site's verdict, whatever its probes say. Returns MS_ENOENT for an unknown name. */
+int health_set_web_drained(health_t *h, size_t site, const char *web, bool drained) MS_WUR;
 /* Site i, in conf order (the same index as conf_t.sites); NULL when out of range. The pointer
  * stays valid until health_free. */
 const health_site_t *health_site(const health_t *h, size_t i);

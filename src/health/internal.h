@@ -49,6 +49,7 @@ const char *health_state_str(health_state_t s); /* "UNKNOWN", "UP", "DOWN" */
 typedef struct {
     const char *name;
     const hv_t *v;
+    bool drained; /* taken out by the operator: counts as not up, whatever its probes say */
 } hv_web_t;
 
 typedef struct {

@@ -117,6 +117,9 @@ static void eval_web(const hv_site_in_t *in, health_site_t *out, bool *can_pass,
 {
     unsigned up = 0, unknown = 0;
     for (size_t i = 0; i < in->n_web; i++) {
+        if (in->web[i].drained) {
+            continue;
+        }
         up += in->web[i].v->state == HEALTH_UP;
         unknown += in->web[i].v->state == HEALTH_UNKNOWN;
     }
@@ -128,6 +131,11 @@ static void eval_web(const hv_site_in_t *in, health_site_t *out, bool *can_pass,
     *passes = up >= in->min_web;
     *can_pass = up + unknown >= in->min_web;
     hs_appendf(out->reason, sizeof(out->reason), "%u/%zu web servers answer", up, in->n_web);
+    for (size_t i = 0; i < in->n_web; i++) {
+        if (in->web[i].drained) {
+            hs_appendf(out->reason, sizeof(out->reason), " [%s drained]", in->web[i].name);
+        }
+    }
     const char *sep = " (";
     for (size_t i = 0; i < in->n_web; i++) {
         const hv_t *v = in->web[i].v;

@@ -204,3 +204,45 @@ def test_state_persists_across_restart(cluster):
     expect(cluster, [US, EU], "after restart ap is still drained")
     ctl(cluster, "undrain", "ap")
     expect(cluster, [US, EU, AP], "undrained")
+
+
+def test_drain_one_web_server(workdir):
+    """drain SITE/WEB: that web server counts as down in its site's verdict (k of n), and it
+    stays drained across a reload."""
+    d = tempfile.mkdtemp(prefix="ctlweb-", dir=workdir)
+    w1, w2 = Listener(), Listener()
+    sock = os.path.join(d, "ms.sock")
+    conf = os.path.join(d, "multisited.yaml")
+    extra = ("sites:\n"
+             f"  - name: us\n    addresses: [{US}]\n    min-web-up: 2\n"
+             f"    web-servers: [{{name: w1, address: \"127.0.0.1:{w1.port}\"}}, "
+             f"{{name: w2, address: \"127.0.0.1:{w2.port}\"}}]\n"
+             "    web-check: {type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1}\n"
+             f"  - name: eu\n    addresses: [{EU}]\n"
+             f"    web-servers: [\"127.0.0.1:{w1.port}\"]\n"
+             "    web-check: {type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1}\n"
+             "names:\n  - name: app.example.com\n    sites: [us, eu]\n")
+
+    def make(port):
+        text = ms_config(port, ZONES, v6=False) + extra
+        text = text.replace("server:\n", f"server:\n  control-socket: {sock}\n"
+                                         f"  state-file: {d}/state\n", 1)
+        with open(conf, "w") as f:
+            f.write(text)
+        return Server("multisited", [MULTISITED, "-c", conf], port, d, ["127.0.0.1"])
+    srv = _start_with_retry(make)
+    env = {"srv": srv, "sock": sock}
+    try:
+        expect(env, [US, EU], "both up")
+        ctl(env, "drain", "us/w2")
+        expect(env, [EU], "us needs 2 of 2 web servers; w2 drained")
+        assert "w2 drained" in ctl(env, "status").stdout
+        assert ctl(env, "reload").returncode == 0
+        expect(env, [EU], "still drained after a reload")
+        assert ctl(env, "drain", "us/nope", check=False).returncode == 3
+        ctl(env, "undrain", "us/w2")
+        expect(env, [US, EU], "undrained")
+    finally:
+        assert srv.stop() == 0
+        w1.close()
+        w2.close()
