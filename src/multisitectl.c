@@ -15,7 +15,7 @@ static void usage(FILE *f)
             "commands:\n"
             "  status [--json]                      sites, verdicts with reasons, answers\n"
             "  drain SITE [--hard]                  put SITE last in every answer (--hard: out)\n"
-            "  undrain SITE\n"
+            "  drain SITE/WEB | undrain SITE[/WEB]  one web server counts as down\n"
             "  force SITE up|down|clear [--for D]   override the verdict (D: 30s, 10m, 2h)\n"
             "  explain NAME CLIENT_IP [--ecs NET]   the order that client gets, and why\n"
             "  reload                               reload config and zones (all or nothing)\n"
