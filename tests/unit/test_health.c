@@ -131,6 +131,7 @@ static void site_fx(site_fx_t *f, const char *web, unsigned k, char db, char lb)
         set_target(&f->web[i], web[i], "connection refused");
         f->win[i].name = names[i];
         f->win[i].v = &f->web[i];
+        f->win[i].drained = false;
     }
     f->in.min_web = k;
     f->in.n_web = n;
@@ -234,6 +235,25 @@ static void test_site(void)
     tap_ok(out.load < 0, "site: no lb: load unknown");
     TAP_EQ_INT(out.db, HEALTH_UNKNOWN, "site: no db: UNKNOWN");
 
+    /* an operator-drained web server counts as not up, and the reason says so */
+    {
+        hv_t up[2];
+        hv_web_t dw[2];
+        for (int i = 0; i < 2; i++) {
+            hv_init(&up[i], 1, 1);
+            hv_record(&up[i], true, false, NULL, 1, NULL);
+            dw[i].name = i ? "w2" : "w1";
+            dw[i].v = &up[i];
+            dw[i].drained = i == 1;
+        }
+        hv_site_in_t din = {.min_web = 2, .n_web = 2, .web = dw};
+        health_site_t dout;
+        memset(&dout, 0, sizeof(dout));
+        hv_site_eval(&din, &dout);
+        tap_ok(dout.state == HEALTH_DOWN && dout.web_up == 1 && strstr(dout.reason, "w2 drained"),
+               "drained web server: 1/2 up, site DOWN with k=2 (%s)", dout.reason);
+    }
+
     /* the reason never overflows, and says it was cut */
     hv_t many[4];
     hv_web_t w[4];
@@ -245,6 +265,7 @@ static void test_site(void)
         hv_record(&many[i], false, false, longr, 1, NULL);
         w[i].name = "a-web-server-with-a-long-name";
         w[i].v = &many[i];
+        w[i].drained = false;
     }
     hv_site_in_t in = {.min_web = 1, .n_web = 4, .web = w};
     hv_site_eval(&in, &out);
