@@ -402,8 +402,6 @@ int main(int argc, char **argv)
     ctl_server_free(ctl);
     ctl = NULL;
     dns_server_stop(server);
-    dns_stats_t st;
-    (void)st;
     uv_close((uv_handle_t *)&sig_hup, NULL);
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);

@@ -272,14 +272,6 @@ static int start(cluster_t *c, const conf_t *conf)
         }
         hb_free(c->hb);
         c->hb = hb;
-        hb_conf_digest(conf, c->hb_digest);
-        c->hb_conf = conf->hb;
-        free(c->hb_listen);
-        c->hb_listen = xcalloc(conf->hb.listen.n + 1, sizeof(net_addr_t));
-        if (conf->hb.listen.n) {
-            memcpy(c->hb_listen, conf->hb.listen.v, conf->hb.listen.n * sizeof(net_addr_t));
-        }
-        c->hb_conf.listen.v = c->hb_listen;
         c->hb_n_sites = conf->n_sites;
     }
     health_free(c->health);
@@ -340,6 +332,5 @@ void cluster_free(cluster_t *c)
     }
     health_free(c->health);
     hb_free(c->hb);
-    free(c->hb_listen);
     uv_close((uv_handle_t *)&c->expiry, expiry_closed); /* frees c */
 }

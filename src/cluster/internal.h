@@ -26,9 +26,6 @@ struct cluster {
     uv_loop_t *loop;
     health_t *health;
     hb_t *hb;
-    uint8_t hb_digest[HB_DIGEST_LEN]; /* of the config the heartbeats run with */
-    conf_hb_t hb_conf;                /* its settings (pointers not owned: compare only) */
-    net_addr_t *hb_listen;            /* private copy of hb_conf.listen */
     size_t hb_n_sites;
     admin_t admin[MAX_SITES];
     size_t n_admin;

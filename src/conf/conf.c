@@ -2,7 +2,6 @@
  * turns a YAML file into a validated, immutable conf_t. */
 #include "conf.h"
 
-#include <libgen.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,15 +118,13 @@ void conf_add_listen(conf_t *c, const net_addr_t *a)
     c->listen.v[c->listen.n++] = *a;
 }
 
-static char *resolve_path(const char *conf_path, const char *p)
+char *conf_resolve_path(const char *conf_path, const char *p)
 {
-    if (p[0] == '/' || !conf_path) {
+    if (p[0] == '/' || !conf_path || !strchr(conf_path, '/')) {
         return xstrdup(p);
     }
-    char *tmp = xstrdup(conf_path);
-    char *r = xasprintf("%s/%s", dirname(tmp), p);
-    free(tmp);
-    return r;
+    const char *slash = strrchr(conf_path, '/');
+    return xasprintf("%.*s/%s", (int)(slash - conf_path), conf_path, p);
 }
 
 static int load_zones(conf_t *c, const conf_node_t *zs, conf_err_t *err)
@@ -162,7 +159,7 @@ static int load_zones(conf_t *c, const conf_node_t *zs, conf_err_t *err)
                 return MS_ECONF;
             }
         }
-        char *path = resolve_path(c->path, f->value);
+        char *path = conf_resolve_path(c->path, f->value);
         conf_add_zone(c, o->value, path);
         free(path);
         c->zones[c->n_zones - 1].src_file = c->path; /* the doc (and o->file) is freed */

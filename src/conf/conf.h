@@ -268,6 +268,9 @@ conf_t *conf_new_default(void);
 void conf_add_zone(conf_t *c, const char *origin, const char *file);
 void conf_add_listen(conf_t *c, const net_addr_t *a);
 void conf_free(conf_t *c);
+/* A path from the config file: absolute as given, else relative to the config file's
+ * directory (or as given when there is no config file). Heap copy. */
+char *conf_resolve_path(const char *conf_path, const char *p);
 /* Parse "192.0.2.0/24" or "2001:db8::/32" (host bits must be zero). */
 int conf_parse_prefix(const char *s, conf_prefix_t *out) MS_WUR;
 /* Print the schema (option, type, default, range, help): `multisited --help-config`. */

@@ -200,12 +200,7 @@ static int load_geoip(conf_t *c, const conf_node_t *g, conf_err_t *err)
         conf_errf(err, g, "geoip: 'database' (a MaxMind .mmdb file) is required");
         return MS_ECONF;
     }
-    if (db->value[0] != '/' && c->path && strchr(c->path, '/')) {
-        const char *slash = strrchr(c->path, '/');
-        c->geoip_db = xasprintf("%.*s/%s", (int)(slash - c->path), c->path, db->value);
-    } else {
-        c->geoip_db = xstrdup(db->value);
-    }
+    c->geoip_db = conf_resolve_path(c->path, db->value);
     if (load_geomap(c, conf_map_get(g, "countries"), "countries", 1, err) != 0 ||
         load_geomap(c, conf_map_get(g, "continents"), "continents", 2, err) != 0 ||
         load_geomap(c, conf_map_get(g, "regions"), "regions", 0, err) != 0) {

@@ -153,15 +153,6 @@ void conf_print_sites_schema(FILE *f)
     conf_print_schema_table(f, "heartbeat", hb_schema, MS_ARRAY_LEN(hb_schema));
 }
 
-static char *resolve_rel(const char *conf_path, const char *p)
-{
-    if (p[0] == '/' || !conf_path || !strchr(conf_path, '/')) {
-        return xstrdup(p);
-    }
-    const char *slash = strrchr(conf_path, '/');
-    return xasprintf("%.*s/%s", (int)(slash - conf_path), conf_path, p);
-}
-
 static int load_hb(conf_t *c, const conf_node_t *n, conf_err_t *err)
 {
     conf_hb_t *hb = &c->hb;
@@ -194,7 +185,7 @@ static int load_hb(conf_t *c, const conf_node_t *n, conf_err_t *err)
                   hb->interval_ms, hb->period_ms);
         return MS_ECONF;
     }
-    char *kf = resolve_rel(c->path, hb->key_file);
+    char *kf = conf_resolve_path(c->path, hb->key_file);
     free(hb->key_file);
     hb->key_file = kf;
     if (!hb->id) {

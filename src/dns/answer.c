@@ -545,10 +545,11 @@ static const zone_node_t *find_dname(const zone_t *z, const uint8_t *name, size_
     return NULL;
 }
 
-static lookup_t lookup(const zone_t *z, const uint8_t *name, size_t len, uint16_t qtype)
+static lookup_t lookup(const zone_t *z, const uint8_t *name, size_t len, uint32_t hash,
+                       uint16_t qtype)
 {
     lookup_t res = {LK_NXDOMAIN, NULL, NULL};
-    const zone_node_t *n = zone_lookup(z, name, len);
+    const zone_node_t *n = zone_lookup_hashed(z, name, len, hash);
     if (MS_LIKELY(n && !(n->flags & (ZN_DELEG | ZN_BELOW_CUT | ZN_BELOW_DNAME)))) {
         res.kind = LK_EXACT;
         res.node = n;
@@ -666,18 +667,6 @@ static const uint8_t *rr_target(uint16_t type, const uint8_t *rr, size_t *len)
     return *len > 1 ? rd + skip : NULL; /* "." (SVCB: the owner itself) adds nothing */
 }
 
-static bool is_below(const uint8_t *name, size_t len, const uint8_t *apex, size_t apex_len)
-{
-    if (len < apex_len || memcmp(name + len - apex_len, apex, apex_len) != 0) {
-        return false;
-    }
-    size_t off = 0;
-    while (off < len - apex_len) {
-        off += (size_t)name[off] + 1;
-    }
-    return off == len - apex_len;
-}
-
 /* Addresses of the targets of rs (NS, MX, SRV) into the additional section. `glue_cut` is
  * the delegation for a referral: addresses at or below it are glue, which must fit or the
  * reply is truncated (RFC 9471); others are optional. */
@@ -695,7 +684,7 @@ static void put_additional(ctx_t *c, zone_rrset_t rs, const zone_node_t *glue_cu
         }
         uint8_t lt[DNS_MAX_NAME];
         dname_lower(lt, t, tl);
-        if (!is_below(lt, tl, zone_apex(c->zone), zone_apex_len(c->zone))) {
+        if (!dname_is_below(lt, tl, zone_apex(c->zone), zone_apex_len(c->zone))) {
             continue;
         }
         const zone_node_t *n = zone_lookup(c->zone, lt, tl);
@@ -710,7 +699,8 @@ static void put_additional(ctx_t *c, zone_rrset_t rs, const zone_node_t *glue_cu
             continue;
         }
         done[ndone++] = n;
-        bool is_glue = glue_cut && is_below(lt, tl, zone_node_name(glue_cut), glue_cut->name_len);
+        bool is_glue =
+            glue_cut && dname_is_below(lt, tl, zone_node_name(glue_cut), glue_cut->name_len);
         static const uint16_t addr_types[] = {RR_A, RR_AAAA};
         for (int k = 0; k < 2; k++) {
             zone_rrset_t a;
@@ -866,14 +856,15 @@ static void answer_in(ctx_t *c)
     uint8_t chain_names[2][DNS_MAX_NAME];
     owner_t ow = {HDR, NULL, 0}; /* the question's name: a pointer to it */
     for (int link = 0; link <= MAX_CHAIN; link++) {
+        uint32_t hash = zone_name_hash(name, len); /* one hash per name, shared */
         if (MS_UNLIKELY(c->snap->n_lb != 0)) {
-            const snap_lb_t *lb = snap_lb_find(c->snap, name, len);
+            const snap_lb_t *lb = snap_lb_find_hashed(c->snap, name, len, hash);
             if (lb && lb->zone == c->zone) {
                 answer_lb(c, lb, ow);
                 return;
             }
         }
-        lookup_t lk = lookup(c->zone, name, len, q->qtype);
+        lookup_t lk = lookup(c->zone, name, len, hash, q->qtype);
         if (lk.kind == LK_DELEG) {
             /* A referral; after a CNAME the answer stays authoritative for the CNAME and
              * the referral tells the client where to follow it (as Knot and BIND do). */
@@ -919,7 +910,7 @@ static void answer_in(ctx_t *c)
             }
             c->r->count[SEC_AN]++;
             if (q->qtype == RR_CNAME ||
-                !is_below(next, prefix + tl, zone_apex(c->zone), zone_apex_len(c->zone))) {
+                !dname_is_below(next, prefix + tl, zone_apex(c->zone), zone_apex_len(c->zone))) {
                 return;
             }
             name = next;
@@ -970,7 +961,7 @@ static void answer_in(ctx_t *c)
             }
             uint8_t *next = chain_names[link & 1];
             dname_lower(next, rr + 2, tl);
-            if (!is_below(next, tl, zone_apex(c->zone), zone_apex_len(c->zone))) {
+            if (!dname_is_below(next, tl, zone_apex(c->zone), zone_apex_len(c->zone))) {
                 return; /* leaves the zone: the resolver follows it */
             }
             name = next;

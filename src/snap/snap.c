@@ -294,15 +294,9 @@ static int lb_setup(snap_t *s, char *err, size_t errlen)
         for (size_t k = 0; k < zone_db_count(s->zones); k++) {
             const zone_t *z = zone_db_get(s->zones, k);
             size_t al = zone_apex_len(z);
-            if (al <= len && memcmp(lb->name + len - al, zone_apex(z), al) == 0 &&
-                (!best || al > zone_apex_len(best))) {
-                size_t off = 0;
-                while (off < len - al) {
-                    off += (size_t)lb->name[off] + 1;
-                }
-                if (off == len - al) {
-                    best = z;
-                }
+            if ((!best || al > zone_apex_len(best)) &&
+                dname_is_below(lb->name, len, zone_apex(z), al)) {
+                best = z;
             }
         }
         if (!best) {
@@ -333,18 +327,22 @@ static int lb_setup(snap_t *s, char *err, size_t errlen)
     return 0;
 }
 
-const snap_lb_t *snap_lb_find(const snap_t *s, const uint8_t *lname, size_t len)
+const snap_lb_t *snap_lb_find_hashed(const snap_t *s, const uint8_t *lname, size_t len, uint32_t h)
 {
     if (!s->n_lb) {
         return NULL;
     }
-    uint32_t h = zone_name_hash(lname, len);
     for (const snap_lb_t *lb = s->lb_table[h & s->lb_mask]; lb; lb = lb->next) {
         if (lb->hash == h && lb->name_len == len && memcmp(lb->name, lname, len) == 0) {
             return lb;
         }
     }
     return NULL;
+}
+
+const snap_lb_t *snap_lb_find(const snap_t *s, const uint8_t *lname, size_t len)
+{
+    return s->n_lb ? snap_lb_find_hashed(s, lname, len, zone_name_hash(lname, len)) : NULL;
 }
 
 int snap_build(conf_t *conf, snap_t **out, char *err, size_t errlen)

@@ -93,6 +93,9 @@ void snap_free(snap_t *s);
 
 /* The load-balanced name `lname` (lower-cased wire, len bytes), or NULL. */
 const snap_lb_t *snap_lb_find(const snap_t *s, const uint8_t *lname, size_t len);
+/* The same with the name's zone_name_hash() already computed (the answer path's). */
+const snap_lb_t *snap_lb_find_hashed(const snap_t *s, const uint8_t *lname, size_t len,
+                                     uint32_t hash);
 
 /* Publish s as the current snapshot (main thread only). The previous one is freed after
  * every reader has left its read-side section. */

@@ -259,7 +259,7 @@ static void ld_error(zs_scanner_t *s)
     s->state = ZS_STATE_STOP;
 }
 
-static bool is_subdomain(const uint8_t *name, size_t len, const uint8_t *apex, size_t apex_len)
+bool dname_is_below(const uint8_t *name, size_t len, const uint8_t *apex, size_t apex_len)
 {
     if (len < apex_len || memcmp(name + len - apex_len, apex, apex_len) != 0) {
         return false;
@@ -291,7 +291,7 @@ static void ld_record(zs_scanner_t *s)
         return;
     }
     dname_lower(lname, s->r_owner, len);
-    if (!is_subdomain(lname, len, ld->z->apex, ld->z->apex_len)) {
+    if (!dname_is_below(lname, len, ld->z->apex, ld->z->apex_len)) {
         /* Out-of-zone data is ignored, as Knot and NSD do, with one warning per load. */
         if (ld->out_of_zone++ == 0) {
             char nb[DNS_MAX_NAME * 4];

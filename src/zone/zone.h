@@ -142,6 +142,9 @@ void zone_db_free(zone_db_t *db);
 /* ---- name helpers (wire format) ---- */
 /* Length of a wire name at p (bounded by end), or 0 if malformed. No compression. */
 size_t dname_wire_len(const uint8_t *p, const uint8_t *end);
+/* Is `name` (len bytes) equal to or below `apex`? Both lower-cased wire names; the match
+ * must start on a label boundary. */
+bool dname_is_below(const uint8_t *name, size_t len, const uint8_t *apex, size_t apex_len);
 /* Copy and lower-case (ASCII only). */
 void dname_lower(uint8_t *dst, const uint8_t *src, size_t len);
 /* Presentation form ("www.example.com.") into buf, for logs. */
