@@ -197,6 +197,10 @@ def test_state_persists_across_restart(cluster):
     expect(cluster, [US, EU], "ap drained")
     assert "ap drain hard" in open(cluster["state"]).read()
     assert cluster["srv"].stop() == 0
+    # A state file is input too: garbage lines are skipped with a warning, never a crash.
+    with open(cluster["state"], "ab") as f:
+        f.write(b"garbage\n\xff\xfe drain\nmars drain soft force none 0 last up\n"
+                + b"x" * 5000 + b"\n")
     srv = Server("multisited", [MULTISITED, "-c", cluster["conf"]], cluster["srv"].port,
                  cluster["dir"], ["127.0.0.1"])
     srv.start()
