@@ -457,8 +457,25 @@ def ms_why(d, me):
     return "; ".join(out)
 
 
+def http_view(d, me):
+    """The same view as ms_view, as site `me`'s status endpoint serves it. The endpoint
+    serves a document the daemon re-renders every 500 ms, so it can lag multisitectl."""
+    st_, _, body = request(d.addr[me], d.status_port, "GET", "/status", timeout=2)
+    if st_ != 200:
+        return {}
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return {}
+    return {s["name"]: "up" if s.get("available") else "down" for s in doc.get("sites", [])}
+
+
 def ms_ready(d, me):
     return ms_view(d, me) == {"a": "up", "b": "up"}
+
+
+def status_ready(d, me):
+    return http_view(d, me) == {"a": "up", "b": "up"}
 
 
 def sqlite_value(path, sql, *args):
@@ -573,6 +590,7 @@ def cmd_start(d, out=print):
             return (all(web_ready(d, s, i) for s in SITES for i in range(len(d.web_ports)))
                     and all(syncd_ready(d, s) for s in SITES)
                     and all(ms_ready(d, s) for s in SITES)
+                    and all(status_ready(d, s) for s in SITES)
                     and all(dig(d, s) == want for s in SITES))
         left = READY_DEADLINE - (time.monotonic() - t0)
         if not wait_for(ready, left, 0.1):

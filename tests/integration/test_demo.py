@@ -127,10 +127,18 @@ def test_demo_walkthrough(demo_run):
     assert set(st.procs) == want, st.procs
     assert all(st.alive(n) for n in want)
     # Each multisited's status endpoint: both sites available.
+    # "ready" waited for both endpoints to say so; the document is re-rendered every 500 ms,
+    # so allow a moment for a fresh render, never a site that stays down.
     for addr in (a, b):
-        with urllib.request.urlopen(f"http://{addr}:8053/status", timeout=5) as resp:
-            doc = json.load(resp)
-        assert {x["name"]: x["available"] for x in doc["sites"]} == {"a": True, "b": True}, doc
+        end = time.monotonic() + 3
+        while True:
+            with urllib.request.urlopen(f"http://{addr}:8053/status", timeout=5) as resp:
+                doc = json.load(resp)
+            view = {x["name"]: x["available"] for x in doc["sites"]}
+            if view == {"a": True, "b": True} or time.monotonic() > end:
+                break
+            time.sleep(0.1)
+        assert view == {"a": True, "b": True}, doc
     # Started again while running: refused, nothing new started.
     r2, _ = run_demo(["start", "--build", BUILD, "--addr-a", a, "--addr-b", b], run_dir)
     assert r2.returncode == 1 and "already running" in r2.stdout, r2.stdout
