@@ -6,7 +6,7 @@
  *   chan.c    handshake + AEAD records over a byte stream (libsodium)
  *   merge.c   HLC and the conflict rules (pure, table-tested)
  *   sqlite.c  backend: capture triggers, read pending rows, apply batches
- *   pg.c      backend for PostgreSQL (libpq)
+ *   pg*.c     backend for PostgreSQL (libpq; private header pg_int.h)
  *   agent.c   the daemon: poll loop, peers, status socket
  *   conf.c    the `sync:` section of the config file
  * Only agent.c and the entry point talk to more than one of these. */

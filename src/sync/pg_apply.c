@@ -1,0 +1,733 @@
+/* pg_apply.c: the receiver side of the PostgreSQL backend: set-based apply of a batch with
+ * the cursor in one transaction, conflict log, quarantine and its retry (docs/sync.md §5-§8). */
+#include "sync/pg_int.h"
+
+/* ---- apply: the receiver side ---- */
+
+typedef struct {
+    pg_table_t *t;
+    int map[SYNC_MAX_COLS]; /* local value column -> wire column */
+    const char *missing;
+} pmap_t;
+
+static void map_table(pg_db_t *s, const sync_wtable_t *w, pmap_t *m)
+{
+    memset(m, 0, sizeof(*m));
+    for (size_t i = 0; i < s->nt; i++) {
+        if (strcmp(s->t[i].name, w->name) == 0) {
+            m->t = &s->t[i];
+        }
+    }
+    if (!m->t) {
+        return;
+    }
+    pg_table_t *t = m->t;
+    if (w->npk != 1 || strcmp(w->cols[0], t->cols[0]) != 0) {
+        m->missing = "(primary key differs)";
+        return;
+    }
+    for (unsigned c = 0; c < t->ncols; c++) {
+        m->map[c] = -1;
+        for (unsigned j = 0; j < w->ncols; j++) {
+            if (strcmp(w->cols[1 + j], t->cols[1 + c]) == 0) {
+                m->map[c] = (int)j;
+            }
+        }
+    }
+    for (unsigned j = 0; j < w->ncols; j++) {
+        bool found = false;
+        for (unsigned c = 0; c < t->ncols && !found; c++) {
+            found = m->map[c] == (int)j;
+        }
+        if (!found) {
+            m->missing = w->cols[1 + j];
+        }
+    }
+}
+
+static int quarantine(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const sync_entry_t *e,
+                      const char *kind, const char *error, int64_t requeue_id)
+{
+    static log_ratelimit_t rl = LOG_RATELIMIT_INIT(10, 10000);
+    buf_t pk;
+    buf_init(&pk);
+    sync_val_text(&pk, e->pk, w->npk);
+    log_rl(&rl, LOG_LVL_WARN, "quarantined change from site %u to %s(%s): %s: %s", origin, w->name,
+           sync_pg_cstr(&pk), kind, error);
+    char now[32], ids[32], org[16], seq[32];
+    snprintf(now, sizeof(now), "%llu", (unsigned long long)time_wall_ms());
+    PGresult *r;
+    if (requeue_id) {
+        snprintf(ids, sizeof(ids), "%lld", (long long)requeue_id);
+        const char *p[3] = {ids, error, now};
+        r = sync_pg_q(s,
+                      "UPDATE rep_quarantine SET attempts = attempts + 1, error = $2, last_ms = "
+                      "$3::bigint WHERE id = $1::bigint",
+                      3, p);
+    } else {
+        sync_batch_t one = {0};
+        sync_entry_t ce = *e;
+        ce.table = 0;
+        one = (sync_batch_t){origin, e->seq - 1, e->seq, 1, (sync_wtable_t *)w, 1, &ce};
+        buf_t pl;
+        buf_init(&pl);
+        sync_enc_batch(&pl, &one);
+        snprintf(org, sizeof(org), "%u", origin);
+        snprintf(seq, sizeof(seq), "%llu", (unsigned long long)e->seq);
+        const char *p[8] = {
+            org, seq, w->name, sync_pg_cstr(&pk), kind, error, (const char *)pl.data, now};
+        int lens[8] = {0, 0, 0, 0, 0, 0, (int)pl.len, 0};
+        int fmts[8] = {0, 0, 0, 0, 0, 0, 1, 0};
+        r = PQexecParams(s->pc,
+                         "INSERT INTO rep_quarantine(origin, seq, tbl, pk, kind, error, payload,"
+                         " attempts, first_ms, last_ms) VALUES($1::int, $2::bigint, $3, $4, $5, "
+                         "$6, $7::bytea, 1, $8::bigint, $8::bigint)",
+                         8, NULL, p, lens, fmts, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            PQclear(r);
+            r = NULL;
+        }
+        buf_deinit(&pl);
+    }
+    int rc = r ? 0 : MS_EDB;
+    PQclear(r);
+    buf_deinit(&pk);
+    return rc;
+}
+
+typedef struct {
+    const sync_entry_t *e;
+    sync_row_action_t act;
+    bool write, del, found, existed;
+    bool take[SYNC_MAX_COLS];
+    uint32_t cl;
+    sync_ver_t clv;
+    sync_ver_t v[SYNC_MAX_COLS];
+} pdec_t;
+
+static uint64_t entry_max_hlc(const sync_wtable_t *w, const sync_entry_t *e)
+{
+    uint64_t m = e->clv.hlc;
+    for (unsigned c = 0; e->ver && c < w->ncols; c++) {
+        m = e->ver[c].hlc > m ? e->ver[c].hlc : m;
+    }
+    return m;
+}
+
+/* Apply entries ents[0..n) of one wire table (all for the same local table) set-based.
+ * Returns 0 or MS_EDB (the caller rolls back to its savepoint). */
+static int apply_set(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const pmap_t *m,
+                     const sync_entry_t **ents, size_t n, sync_apply_res_t *res)
+{
+    pg_table_t *t = m->t;
+    const char *P = t->cols[0];
+    buf_t keys, sql;
+    buf_init(&keys);
+    buf_init(&sql);
+    buf_append(&keys, "{", 1);
+    for (size_t i = 0; i < n; i++) {
+        sync_pg_arr_add(&keys, &ents[i]->pk[0], i == 0);
+    }
+    buf_append(&keys, "}", 1);
+    buf_printf(&sql, "SELECT k.i, c.cl, c.clh, c.cls");
+    for (unsigned c = 1; c <= t->ncols; c++) {
+        buf_printf(&sql, ", c.\"v_%s\", c.\"s_%s\", t.\"%s\"::text", t->cols[c], t->cols[c],
+                   t->cols[c]);
+    }
+    buf_printf(&sql,
+               " FROM unnest($1::text[]) WITH ORDINALITY AS k(p, i) LEFT JOIN \"rep_c_%s\" c ON "
+               "c.\"%s\" = k.p::%s LEFT JOIN \"%s\" t ON t.\"%s\" = k.p::%s ORDER BY k.i",
+               t->name, P, t->types[0], t->name, P, t->types[0]);
+    const char *p1[1] = {sync_pg_cstr(&keys)};
+    /* Lock the rows first, so no local change slips in between the read of the versions
+     * below and the writes (a writer holds the row until its trigger has written the clock
+     * row and it commits). */
+    buf_t lk;
+    buf_init(&lk);
+    buf_printf(&lk,
+               "SELECT 1 FROM \"%s\" x JOIN unnest($1::text[]::%s[]) k(p) ON x.\"%s\" = k.p "
+               "ORDER BY x.\"%s\" FOR UPDATE OF x",
+               t->name, t->types[0], P, P);
+    PGresult *r = sync_pg_q(s, sync_pg_cstr(&lk), 1, p1);
+    /* The clock rows need no lock of their own: only the capture trigger writes them, and
+     * only while its transaction holds the row locked above. */
+    buf_deinit(&lk);
+    if (!r) {
+        buf_deinit(&keys);
+        buf_deinit(&sql);
+        return MS_EDB;
+    }
+    PQclear(r);
+    r = sync_pg_q(s, sync_pg_cstr(&sql), 1, p1);
+    if (!r || PQntuples(r) != (int)n) {
+        PQclear(r);
+        buf_deinit(&keys);
+        buf_deinit(&sql);
+        return MS_EDB;
+    }
+    pdec_t *d = xcalloc(n, sizeof(pdec_t));
+    buf_t conf;
+    buf_init(&conf);
+    size_t nconf = 0;
+    buf_t cf[8]; /* conflict arrays: pk, col, rule, winner, local_val, lv, remote_val, rv */
+    for (int i = 0; i < 8; i++) {
+        buf_init(&cf[i]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const sync_entry_t *e = ents[i];
+        pdec_t *x = &d[i];
+        x->e = e;
+        x->found = !PQgetisnull(r, (int)i, 1);
+        x->cl = x->found ? (uint32_t)strtoul(PQgetvalue(r, (int)i, 1), NULL, 10) : 0;
+        x->clv = x->found ? sync_pg_ver(r, (int)i, 2) : (sync_ver_t){0, 0};
+        for (unsigned c = 0; c < t->ncols; c++) {
+            x->v[c] = x->found ? sync_pg_ver(r, (int)i, 4 + 3 * (int)c) : (sync_ver_t){0, 0};
+        }
+        x->existed = x->found && x->cl % 2 == 1;
+        x->act = sync_decide_row(x->cl, e->cl);
+        const char *rules[SYNC_MAX_COLS] = {0};
+        bool won[SYNC_MAX_COLS] = {0};
+        sync_ver_t lv[SYNC_MAX_COLS];
+        if (x->act == SYNC_ROW_STALE) {
+            for (unsigned c = 0; e->cl % 2 == 1 && e->mask && x->cl % 2 == 0 && c < t->ncols; c++) {
+                int j = m->map[c];
+                if (j >= 0 && ((e->mask >> j) & 1)) {
+                    rules[c] = "update-vs-delete";
+                    lv[c] = x->clv;
+                }
+            }
+        } else if (x->act == SYNC_ROW_REPLACE) {
+            x->cl = e->cl;
+            x->clv = e->clv;
+            if (e->cl % 2 == 0) {
+                x->del = true;
+            } else {
+                x->write = true;
+                for (unsigned c = 0; c < t->ncols; c++) {
+                    if (m->map[c] >= 0) {
+                        x->take[c] = true;
+                        x->v[c] = e->ver[m->map[c]];
+                    }
+                }
+            }
+        } else {
+            if (sync_ver_cmp(NULL, e->clv, x->clv) > 0) {
+                x->clv = e->clv;
+            }
+            for (unsigned c = 0; e->cl % 2 == 1 && c < t->ncols; c++) {
+                int j = m->map[c];
+                if (j < 0) {
+                    continue;
+                }
+                sync_col_decision_t dc =
+                    sync_decide_col(&s->base.rules, x->v[c], e->ver[j], e->base[j], origin);
+                if (dc.conflict) {
+                    rules[c] = "column-lww";
+                    won[c] = dc.take;
+                    lv[c] = x->v[c];
+                }
+                if (dc.take) {
+                    x->take[c] = true;
+                    x->write = true;
+                    x->v[c] = e->ver[j];
+                }
+            }
+        }
+        for (unsigned c = 0; c < t->ncols; c++) {
+            if (!rules[c]) {
+                continue;
+            }
+            int j = m->map[c];
+            buf_t pkt;
+            buf_init(&pkt);
+            sync_val_text(&pkt, e->pk, 1);
+            bool f = nconf == 0;
+            sync_pg_arr_text(&cf[0], sync_pg_cstr(&pkt), f);
+            sync_pg_arr_text(&cf[1], t->cols[1 + c], f);
+            sync_pg_arr_text(&cf[2], rules[c], f);
+            sync_pg_arr_text(&cf[3], won[c] ? "remote" : "local", f);
+            sync_pg_arr_text(&cf[4],
+                             PQgetisnull(r, (int)i, 6 + 3 * (int)c)
+                                 ? NULL
+                                 : PQgetvalue(r, (int)i, 6 + 3 * (int)c),
+                             f);
+            buf_printf(&cf[5], "%s\"(%llu,%u)\"", f ? "" : ",", (unsigned long long)lv[c].hlc,
+                       lv[c].site);
+            sync_pg_arr_add(&cf[6], &e->val[j], f);
+            buf_printf(&cf[7], "%s\"(%llu,%u)\"", f ? "" : ",", (unsigned long long)e->ver[j].hlc,
+                       e->ver[j].site);
+            buf_deinit(&pkt);
+            nconf++;
+            res->conflicts++;
+        }
+    }
+    PQclear(r);
+    int rc = 0;
+    /* deletes */
+    buf_t del;
+    buf_init(&del);
+    size_t ndel = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (d[i].del) {
+            sync_pg_arr_add(&del, &d[i].e->pk[0], ndel++ == 0);
+        }
+    }
+    if (ndel) {
+        buf_reset(&sql);
+        buf_printf(&sql,
+                   "DELETE FROM \"%s\" x USING unnest(('{%s}'::text[])::%s[]) k(p) WHERE "
+                   "x.\"%s\" = k.p",
+                   t->name, sync_pg_cstr(&del), t->types[0], P);
+        rc = sync_pg_ex(s, sync_pg_cstr(&sql));
+    }
+    buf_deinit(&del);
+    /* row writes: one upsert with take flags */
+    /* pass 0: rows that exist here (UPDATE with take flags); pass 1: rows that do not
+     * (INSERT; ON CONFLICT covers a row that exists without a clock row). */
+    for (int pass = 0; pass < 2; pass++) {
+        size_t nw = 0;
+        for (size_t i = 0; i < n; i++) {
+            nw += d[i].write && d[i].existed == (pass == 0);
+        }
+        if (rc != 0 || nw == 0) {
+            continue;
+        }
+        {
+            unsigned np = 1 + 2 * t->ncols;
+            buf_t *arr = xcalloc(np, sizeof(buf_t));
+            for (unsigned k = 0; k < np; k++) {
+                buf_init(&arr[k]);
+                buf_append(&arr[k], "{", 1);
+            }
+            size_t wi = 0;
+            for (size_t i = 0; i < n; i++) {
+                if (!d[i].write || d[i].existed != (pass == 0)) {
+                    continue;
+                }
+                const sync_entry_t *e = d[i].e;
+                sync_pg_arr_add(&arr[0], &e->pk[0], wi == 0);
+                for (unsigned c = 0; c < t->ncols; c++) {
+                    int j = m->map[c];
+                    sync_pg_arr_add(&arr[1 + 2 * c], j >= 0 ? &e->val[j] : NULL, wi == 0);
+                    sync_pg_arr_text(&arr[2 + 2 * c], d[i].take[c] ? "t" : "f", wi == 0);
+                }
+                wi++;
+            }
+            const char **pv = xcalloc(np, sizeof(char *));
+            for (unsigned k = 0; k < np; k++) {
+                buf_append(&arr[k], "}", 1);
+                pv[k] = sync_pg_cstr(&arr[k]);
+            }
+            /* Existing rows: UPDATE with the take flags (a column not taken keeps its value);
+             * then missing rows: INSERT ... ON CONFLICT DO NOTHING. Two set-based statements for
+             * the whole chunk (a CTE with RETURNING would make the planner loop). */
+            buf_t src;
+            buf_init(&src);
+            buf_printf(&src, "(SELECT * FROM unnest($1::text[]::%s[]", t->types[0]);
+            for (unsigned c = 0; c < t->ncols; c++) {
+                buf_printf(&src, ", $%u::text[]::%s[], $%u::bool[]", 2 + 2 * c, t->types[1 + c],
+                           3 + 2 * c);
+            }
+            buf_printf(&src, ") AS u(k");
+            for (unsigned c = 0; c < t->ncols; c++) {
+                buf_printf(&src, ", c%u, t%u", c, c);
+            }
+            buf_printf(&src, ")) u");
+            buf_reset(&sql);
+            if (pass == 0) {
+                buf_printf(&sql, "UPDATE \"%s\" x SET \"%s\" = x.\"%s\"", t->name, P, P);
+                for (unsigned c = 0; c < t->ncols; c++) {
+                    if (m->map[c] >= 0) {
+                        buf_printf(&sql, ", \"%s\" = CASE WHEN u.t%u THEN u.c%u ELSE x.\"%s\" END",
+                                   t->cols[1 + c], c, c, t->cols[1 + c]);
+                    }
+                }
+                buf_printf(&sql, " FROM %s WHERE x.\"%s\" = u.k", sync_pg_cstr(&src), P);
+                PGresult *wr = sync_pg_q(s, sync_pg_cstr(&sql), (int)np, pv);
+                if (!wr) {
+                    rc = MS_EDB;
+                }
+                PQclear(wr);
+            } else {
+                buf_reset(&sql);
+                buf_printf(&sql, "INSERT INTO \"%s\"(\"%s\"", t->name, P);
+                for (unsigned c = 0; c < t->ncols; c++) {
+                    if (m->map[c] >= 0) {
+                        buf_printf(&sql, ", \"%s\"", t->cols[1 + c]);
+                    }
+                }
+                buf_printf(&sql, ") SELECT u.k");
+                for (unsigned c = 0; c < t->ncols; c++) {
+                    if (m->map[c] >= 0) {
+                        buf_printf(&sql, ", u.c%u", c);
+                    }
+                }
+                buf_printf(&sql,
+                           " FROM %s ON CONFLICT (\"%s\") DO UPDATE SET \"%s\" = excluded.\"%s\"",
+                           sync_pg_cstr(&src), P, P, P);
+                for (unsigned c = 0; c < t->ncols; c++) {
+                    if (m->map[c] >= 0) {
+                        buf_printf(&sql, ", \"%s\" = excluded.\"%s\"", t->cols[1 + c],
+                                   t->cols[1 + c]);
+                    }
+                }
+                PGresult *wr = sync_pg_q(s, sync_pg_cstr(&sql), (int)np, pv);
+                if (!wr) {
+                    rc = MS_EDB;
+                }
+                PQclear(wr);
+            }
+            buf_deinit(&src);
+            for (unsigned k = 0; k < np; k++) {
+                buf_deinit(&arr[k]);
+            }
+            free(arr);
+            free(pv);
+        }
+    }
+
+    /* clocks */
+    size_t nck = 0;
+    for (size_t i = 0; i < n; i++) {
+        nck += d[i].act != SYNC_ROW_STALE;
+    }
+    if (rc == 0 && nck) {
+        unsigned np = 4 + 2 * t->ncols;
+        buf_t *arr = xcalloc(np, sizeof(buf_t));
+        for (unsigned k = 0; k < np; k++) {
+            buf_init(&arr[k]);
+            buf_append(&arr[k], "{", 1);
+        }
+        size_t wi = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (d[i].act == SYNC_ROW_STALE) {
+                continue;
+            }
+            bool f = wi++ == 0;
+            sync_pg_arr_add(&arr[0], &d[i].e->pk[0], f);
+            sync_pg_arr_int(&arr[1], false, d[i].cl, f);
+            sync_pg_arr_int(&arr[2], false, (int64_t)d[i].clv.hlc, f);
+            sync_pg_arr_int(&arr[3], false, d[i].clv.site, f);
+            for (unsigned c = 0; c < t->ncols; c++) {
+                bool none = sync_ver_none(d[i].v[c]);
+                sync_pg_arr_int(&arr[4 + 2 * c], none, (int64_t)d[i].v[c].hlc, f);
+                sync_pg_arr_int(&arr[5 + 2 * c], none, d[i].v[c].site, f);
+            }
+        }
+        const char **pv = xcalloc(np, sizeof(char *));
+        for (unsigned k = 0; k < np; k++) {
+            buf_append(&arr[k], "}", 1);
+            pv[k] = sync_pg_cstr(&arr[k]);
+        }
+        buf_reset(&sql);
+        buf_printf(&sql, "INSERT INTO \"rep_c_%s\" AS c (\"%s\", seq, lh, mask, cl, clh, cls",
+                   t->name, P);
+        for (unsigned c = 1; c <= t->ncols; c++) {
+            buf_printf(&sql, ", \"v_%s\", \"s_%s\"", t->cols[c], t->cols[c]);
+        }
+        buf_printf(&sql, ") SELECT u.k, 0, 0, 0, u.cl, u.clh, u.cls");
+        for (unsigned c = 0; c < t->ncols; c++) {
+            buf_printf(&sql, ", u.v%u, u.s%u", c, c);
+        }
+        buf_printf(&sql, " FROM unnest($1::text[]::%s[], $2::int[], $3::bigint[], $4::int[]",
+                   t->types[0]);
+        for (unsigned c = 0; c < t->ncols; c++) {
+            buf_printf(&sql, ", $%u::bigint[], $%u::int[]", 5 + 2 * c, 6 + 2 * c);
+        }
+        buf_printf(&sql, ") AS u(k, cl, clh, cls");
+        for (unsigned c = 0; c < t->ncols; c++) {
+            buf_printf(&sql, ", v%u, s%u", c, c);
+        }
+        buf_printf(&sql,
+                   ") ON CONFLICT (\"%s\") DO UPDATE SET cl = excluded.cl, clh = "
+                   "excluded.clh, cls = excluded.cls",
+                   P);
+        for (unsigned c = 1; c <= t->ncols; c++) {
+            buf_printf(&sql, ", \"v_%s\" = excluded.\"v_%s\", \"s_%s\" = excluded.\"s_%s\"",
+                       t->cols[c], t->cols[c], t->cols[c], t->cols[c]);
+        }
+        PGresult *wr = sync_pg_q(s, sync_pg_cstr(&sql), (int)np, pv);
+        if (!wr) {
+            log_err("postgresql: clock write: %s", PQerrorMessage(s->pc));
+            rc = MS_EDB;
+        }
+        PQclear(wr);
+        for (unsigned k = 0; k < np; k++) {
+            buf_deinit(&arr[k]);
+        }
+        free(arr);
+        free(pv);
+    }
+    if (rc == 0 && nconf) {
+        const char *pv[9];
+        char now[32];
+        snprintf(now, sizeof(now), "%llu", (unsigned long long)time_wall_ms());
+        buf_t full[8];
+        for (int i = 0; i < 8; i++) {
+            buf_init(&full[i]);
+            buf_printf(&full[i], "{%s}", sync_pg_cstr(&cf[i]));
+            pv[i] = sync_pg_cstr(&full[i]);
+        }
+        pv[8] = now;
+        char tbl[96];
+        snprintf(tbl, sizeof(tbl), "%s", t->name);
+        buf_reset(&sql);
+        buf_printf(&sql,
+                   "INSERT INTO rep_conflict(at_ms, tbl, pk, col, rule, winner, local_val,"
+                   " local_hlc, local_site, remote_val, remote_hlc, remote_site) SELECT $9::bigint,"
+                   " '%s', u.pk, u.col, u.rule, u.w, u.lv, split_part(trim(both '()' from u.lver),"
+                   " ',', 1)::bigint, split_part(trim(both '()' from u.lver), ',', 2)::int, u.rv,"
+                   " split_part(trim(both '()' from u.rver), ',', 1)::bigint, split_part(trim(both"
+                   " '()' from u.rver), ',', 2)::int FROM unnest($1::text[], $2::text[], "
+                   "$3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) AS "
+                   "u(pk, col, rule, w, lv, lver, rv, rver)",
+                   tbl);
+        PGresult *wr = sync_pg_q(s, sync_pg_cstr(&sql), 9, pv);
+        if (!wr) {
+            log_err("postgresql: conflict log: %s", PQerrorMessage(s->pc));
+            rc = MS_EDB;
+        }
+        PQclear(wr);
+        for (int i = 0; i < 8; i++) {
+            buf_deinit(&full[i]);
+        }
+    }
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        uint64_t mx = entry_max_hlc(w, d[i].e);
+        res->max_hlc = mx > res->max_hlc ? mx : res->max_hlc;
+        res->entries_applied++;
+    }
+    for (int i = 0; i < 8; i++) {
+        buf_deinit(&cf[i]);
+    }
+    buf_deinit(&conf);
+    free(d);
+    buf_deinit(&keys);
+    buf_deinit(&sql);
+    return rc;
+}
+
+/* Apply the entries of b past `after`, inside the open transaction. requeue_id: retrying that
+ * quarantine row (update it on failure instead of adding one). */
+static int apply_entries(pg_db_t *s, const sync_batch_t *b, uint64_t after, sync_apply_res_t *res,
+                         int64_t requeue_id)
+{
+    const sync_conf_t *conf = s->base.conf;
+    int rc = 0;
+    const sync_entry_t **sel = xmalloc(sizeof(*sel) * (b->nentries ? b->nentries : 1));
+    for (size_t ti = 0; rc == 0 && ti < b->ntables; ti++) {
+        const sync_wtable_t *w = &b->tables[ti];
+        pmap_t m;
+        map_table(s, w, &m);
+        size_t n = 0;
+        for (size_t i = 0; rc == 0 && i < b->nentries; i++) {
+            const sync_entry_t *e = &b->entries[i];
+            if (e->table != ti) {
+                continue;
+            }
+            if (e->seq <= after) {
+                res->entries_skipped++;
+                continue;
+            }
+            char msg[160];
+            if (!m.t) {
+                res->quarantined++;
+                rc = quarantine(s, b->origin, w, e, "unknown-table", "no such replicated table",
+                                requeue_id);
+            } else if (m.missing) {
+                snprintf(msg, sizeof(msg), "column %s is not replicated here", m.missing);
+                res->quarantined++;
+                rc = quarantine(s, b->origin, w, e, "unknown-column", msg, requeue_id);
+            } else if (sync_hlc_future(entry_max_hlc(w, e), time_wall_ms(),
+                                       conf->max_clock_skew_ms)) {
+                snprintf(msg, sizeof(msg), "stamped ahead of the local clock by more than %u ms",
+                         conf->max_clock_skew_ms);
+                res->held++;
+                rc = quarantine(s, b->origin, w, e, "future", msg, requeue_id);
+            } else {
+                /* A row twice in one batch (never sent by our senders) makes the clock
+                 * upsert fail; the chunk is then replayed entry by entry, which is correct. */
+                sel[n++] = e;
+            }
+        }
+        if (rc != 0 || n == 0) {
+            continue;
+        }
+        sync_apply_res_t r1 = {0};
+        if (sync_pg_ex(s, "SAVEPOINT rep_chunk") != 0) {
+            rc = MS_EDB;
+            break;
+        }
+        if (apply_set(s, b->origin, w, &m, sel, n, &r1) == 0) {
+            sync_pg_ex(s, "RELEASE SAVEPOINT rep_chunk");
+            res->entries_applied += r1.entries_applied;
+            res->conflicts += r1.conflicts;
+            res->max_hlc = r1.max_hlc > res->max_hlc ? r1.max_hlc : res->max_hlc;
+            continue;
+        }
+        /* Something in the chunk failed: replay it one entry at a time. */
+        sync_pg_ex(s, "ROLLBACK TO SAVEPOINT rep_chunk");
+        for (size_t i = 0; rc == 0 && i < n; i++) {
+            sync_apply_res_t r2 = {0};
+            sync_pg_ex(s, "SAVEPOINT rep_one");
+            if (apply_set(s, b->origin, w, &m, &sel[i], 1, &r2) == 0) {
+                sync_pg_ex(s, "RELEASE SAVEPOINT rep_one");
+                res->entries_applied += r2.entries_applied;
+                res->conflicts += r2.conflicts;
+                res->max_hlc = r2.max_hlc > res->max_hlc ? r2.max_hlc : res->max_hlc;
+            } else {
+                char err[256];
+                snprintf(err, sizeof(err), "%s", PQerrorMessage(s->pc));
+                err[strcspn(err, "\n")] = '\0';
+                sync_pg_ex(s, "ROLLBACK TO SAVEPOINT rep_one");
+                res->quarantined++;
+                rc = quarantine(s, b->origin, w, sel[i], "constraint", err, requeue_id);
+            }
+        }
+        sync_pg_ex(s, "RELEASE SAVEPOINT rep_chunk");
+    }
+    free(sel);
+    return rc;
+}
+
+static int inbound_get(pg_db_t *s, uint32_t origin, uint64_t *seq, uint64_t *count, bool lock)
+{
+    char o[16];
+    snprintf(o, sizeof(o), "%u", origin);
+    const char *p[1] = {o};
+    PGresult *r =
+        sync_pg_q(s,
+                  lock ? "SELECT applied_seq, applied FROM rep_inbound WHERE origin = $1::int "
+                         "FOR UPDATE"
+                       : "SELECT applied_seq, applied FROM rep_inbound WHERE origin = $1::int",
+                  1, p);
+    if (!r) {
+        return MS_EDB;
+    }
+    *seq = *count = 0;
+    if (PQntuples(r) > 0) {
+        *seq = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+        *count = strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+    }
+    PQclear(r);
+    return 0;
+}
+
+int sync_pg_apply(sync_db_t *db, const sync_batch_t *b, sync_apply_res_t *res)
+{
+    pg_db_t *s = (pg_db_t *)db;
+    memset(res, 0, sizeof(*res));
+    sync_fault("apply.before-begin");
+    /* One round trip: begin, capture off, the cursor (locked). */
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "BEGIN; SET LOCAL rep.applying = 'on'; SELECT applied_seq, applied FROM rep_inbound"
+             " WHERE origin = %u FOR UPDATE",
+             b->origin);
+    PGresult *r0 = sync_pg_q(s, sql, 0, NULL);
+    if (!r0) {
+        PQclear(PQexec(s->pc, "ROLLBACK"));
+        return MS_EDB;
+    }
+    sync_fault("apply.begin");
+    uint64_t applied_seq = 0, count = 0;
+    int rc = 0;
+    if (PQntuples(r0) > 0) {
+        applied_seq = strtoull(PQgetvalue(r0, 0, 0), NULL, 10);
+        count = strtoull(PQgetvalue(r0, 0, 1), NULL, 10);
+    }
+    PQclear(r0);
+    if (rc == 0 && b->seq_hi > applied_seq) {
+        rc = apply_entries(s, b, applied_seq, res, 0);
+        sync_fault("apply.entry");
+        if (rc == 0) {
+            sync_fault("apply.cursor");
+            char o[16], sq[32], cnt[32];
+            snprintf(o, sizeof(o), "%u", b->origin);
+            snprintf(sq, sizeof(sq), "%llu", (unsigned long long)b->seq_hi);
+            snprintf(
+                cnt, sizeof(cnt), "%llu",
+                (unsigned long long)(count + res->entries_applied + res->quarantined + res->held));
+            sync_fault("apply.commit");
+            /* One round trip: the HLC floor, the cursor, commit. */
+            char fin[512];
+            snprintf(fin, sizeof(fin),
+                     "UPDATE rep_meta SET hlc = greatest(hlc, %llu); INSERT INTO "
+                     "rep_inbound(origin, applied_seq, applied) VALUES(%s, %s, %s) ON CONFLICT "
+                     "(origin) DO UPDATE SET applied_seq = excluded.applied_seq, applied = "
+                     "excluded.applied; COMMIT",
+                     (unsigned long long)res->max_hlc, o, sq, cnt);
+            rc = sync_pg_ex(s, fin);
+        }
+    } else if (rc == 0) {
+        res->entries_skipped = b->nentries;
+        rc = sync_pg_ex(s, "COMMIT");
+    }
+    if (rc != 0) {
+        log_err("apply of a batch from site %u failed: %s; rolled back", b->origin,
+                PQerrorMessage(s->pc));
+        PQclear(PQexec(s->pc, "ROLLBACK"));
+        return MS_EDB;
+    }
+    sync_fault("apply.committed");
+    return 0;
+}
+
+int sync_pg_retry(sync_db_t *db, sync_apply_res_t *res)
+{
+    pg_db_t *s = (pg_db_t *)db;
+    memset(res, 0, sizeof(*res));
+    PGresult *r =
+        PQexecParams(s->pc, "SELECT id, payload FROM rep_quarantine ORDER BY id LIMIT 200", 0, NULL,
+                     NULL, NULL, NULL, 1);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        PQclear(r);
+        return MS_EDB;
+    }
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+        int64_t id = (int64_t)rd_u64((const uint8_t *)PQgetvalue(r, i, 0));
+        const uint8_t *pl = (const uint8_t *)PQgetvalue(r, i, 1);
+        size_t pn = (size_t)PQgetlength(r, i, 1);
+        arena_t *a = arena_new(4096);
+        sync_msg_t msg;
+        const char *why;
+        if (sync_decode(pl, pn, a, &msg, &why) != 0 || msg.type != SYNC_MSG_BATCH) {
+            arena_free(a);
+            continue;
+        }
+        sync_apply_res_t r1 = {0};
+        if (sync_pg_ex(s, "BEGIN") != 0 || sync_pg_ex(s, "SET LOCAL rep.applying = 'on'") != 0) {
+            arena_free(a);
+            rc = MS_EDB;
+            break;
+        }
+        int x = apply_entries(s, &msg.u.batch, 0, &r1, id);
+        if (x == 0 && r1.max_hlc) {
+            char h[96];
+            snprintf(h, sizeof(h), "UPDATE rep_meta SET hlc = greatest(hlc, %llu)",
+                     (unsigned long long)r1.max_hlc);
+            x = sync_pg_ex(s, h);
+        }
+        if (x == 0 && r1.entries_applied) {
+            char ids[96];
+            snprintf(ids, sizeof(ids), "DELETE FROM rep_quarantine WHERE id = %lld", (long long)id);
+            x = sync_pg_ex(s, ids);
+            res->entries_applied += r1.entries_applied;
+        }
+        x = x == 0 ? sync_pg_ex(s, "COMMIT") : x;
+        if (x != 0) {
+            PQclear(PQexec(s->pc, "ROLLBACK"));
+            rc = MS_EDB;
+        }
+        arena_free(a);
+    }
+    PQclear(r);
+    return rc;
+}
+
+int sync_pg_cursor(sync_db_t *db, uint32_t origin, uint64_t *applied)
+{
+    uint64_t count;
+    return inbound_get((pg_db_t *)db, origin, applied, &count, false);
+}

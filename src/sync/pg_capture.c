@@ -1,0 +1,325 @@
+/* pg_capture.c: metadata tables, replicated table loading and the capture triggers of the
+ * PostgreSQL backend (design: the comment at the top of pg.c, docs/sync.md §3-§4.2). */
+#include "sync/pg_int.h"
+
+static const char *meta_sql =
+    "SET client_min_messages = warning;"
+    "CREATE SEQUENCE IF NOT EXISTS rep_seq;"
+    "CREATE TABLE IF NOT EXISTS rep_meta(id int PRIMARY KEY CHECK (id = 1), site int NOT NULL,"
+    " hlc bigint NOT NULL, acked bigint NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS rep_table(name text PRIMARY KEY, pk text NOT NULL,"
+    " cols text NOT NULL, fp bytea NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS rep_peer(site int PRIMARY KEY, acked bigint NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS rep_inbound(origin int PRIMARY KEY, applied_seq bigint NOT NULL,"
+    " applied bigint NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS rep_conflict(id bigserial PRIMARY KEY, at_ms bigint NOT NULL,"
+    " tbl text NOT NULL, pk text NOT NULL, col text NOT NULL, rule text NOT NULL,"
+    " winner text NOT NULL, local_val text, local_hlc bigint, local_site int, remote_val text,"
+    " remote_hlc bigint, remote_site int);"
+    "CREATE TABLE IF NOT EXISTS rep_quarantine(id bigserial PRIMARY KEY, origin int NOT NULL,"
+    " seq bigint NOT NULL, tbl text NOT NULL, pk text NOT NULL, kind text NOT NULL,"
+    " error text NOT NULL, payload bytea NOT NULL, attempts int NOT NULL,"
+    " first_ms bigint NOT NULL, last_ms bigint NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS rep_tick(id bigserial PRIMARY KEY, snap pg_snapshot NOT NULL);"
+    "ALTER TABLE rep_tick ADD COLUMN IF NOT EXISTS lo_snap pg_snapshot,"
+    " ADD COLUMN IF NOT EXISTS bounds bigint[];";
+
+#define HLC_PG "((extract(epoch from clock_timestamp()) * 1000)::bigint << 16)"
+
+typedef struct {
+    char *name, *type;
+    unsigned oid;
+} colinfo_t;
+
+static int cmp_col(const void *a, const void *b)
+{
+    return strcmp(((const colinfo_t *)a)->name, ((const colinfo_t *)b)->name);
+}
+
+static bool ident_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > SYNC_MAX_NAME - 3) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static int table_load(pg_db_t *s, const char *name, pg_table_t *t, char *why, size_t whylen)
+{
+    const char *p[1] = {name};
+    PGresult *r =
+        sync_pg_q(s,
+                  "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid,"
+                  " coalesce((a.attnum = ANY(i.indkey::int2[]))::int, 0),"
+                  " coalesce(array_length(i.indkey::int2[], 1), 0)"
+                  " FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND"
+                  " i.indisprimary WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND"
+                  " NOT a.attisdropped ORDER BY a.attnum",
+                  1, p);
+    if (!r) {
+        snprintf(why, whylen, "reading columns of %s: %s", name, PQerrorMessage(s->pc));
+        return MS_EDB;
+    }
+    int n = PQntuples(r);
+    colinfo_t pk = {0}, vals[SYNC_MAX_COLS];
+    unsigned nv = 0, npk = 0;
+    int rc = 0;
+    if (n == 0) {
+        snprintf(why, whylen, "table %s does not exist", name);
+        rc = MS_ENOENT;
+    }
+    for (int i = 0; rc == 0 && i < n; i++) {
+        const char *cn = PQgetvalue(r, i, 0);
+        if (!ident_ok(cn)) {
+            snprintf(why, whylen, "table %s: column name '%s' is not a plain identifier", name, cn);
+            rc = MS_EINVAL;
+            break;
+        }
+        colinfo_t ci = {xstrdup(cn), xstrdup(PQgetvalue(r, i, 1)),
+                        (unsigned)strtoul(PQgetvalue(r, i, 2), NULL, 10)};
+        npk = (unsigned)atoi(PQgetvalue(r, i, 4));
+        if (atoi(PQgetvalue(r, i, 3)) > 0) {
+            pk = ci;
+        } else if (nv == SYNC_MAX_COLS) {
+            snprintf(why, whylen, "table %s: more than %d non-key columns", name, SYNC_MAX_COLS);
+            free(ci.name);
+            free(ci.type);
+            rc = MS_EINVAL;
+        } else {
+            vals[nv++] = ci;
+        }
+    }
+    PQclear(r);
+    if (rc == 0 && !pk.name) {
+        snprintf(why, whylen,
+                 "table %s has no primary key: rows are replicated by primary key, so every "
+                 "replicated table needs one (ALTER TABLE %s ADD PRIMARY KEY (...))",
+                 name, name);
+        rc = MS_EINVAL;
+    } else if (rc == 0 && npk > 1) {
+        snprintf(why, whylen,
+                 "table %s: the PostgreSQL backend replicates tables with a one-column primary "
+                 "key; this one has %u columns",
+                 name, npk);
+        rc = MS_EINVAL;
+    }
+    if (rc != 0) {
+        free(pk.name);
+        free(pk.type);
+        for (unsigned i = 0; i < nv; i++) {
+            free(vals[i].name);
+            free(vals[i].type);
+        }
+        return rc;
+    }
+    qsort(vals, nv, sizeof(colinfo_t), cmp_col);
+    memset(t, 0, sizeof(*t));
+    t->name = xstrdup(name);
+    t->ncols = nv;
+    t->cols = xcalloc(nv + 1, sizeof(char *));
+    t->types = xcalloc(nv + 1, sizeof(char *));
+    t->oids = xcalloc(nv + 1, sizeof(unsigned));
+    t->cols[0] = pk.name;
+    t->types[0] = pk.type;
+    t->oids[0] = pk.oid;
+    for (unsigned i = 0; i < nv; i++) {
+        t->cols[i + 1] = vals[i].name;
+        t->types[i + 1] = vals[i].type;
+        t->oids[i + 1] = vals[i].oid;
+    }
+    t->w = (sync_wtable_t){t->name, 1, nv, t->cols};
+    sync_fingerprint(&t->w, t->fp);
+    return 0;
+}
+
+static void gen_capture(buf_t *b, const pg_table_t *t, uint32_t site)
+{
+    const char *T = t->name, *P = t->cols[0];
+    uint64_t all = t->ncols >= 64 ? ~0ull : ((1ull << t->ncols) - 1);
+    (void)site;
+    buf_printf(b,
+               "CREATE TABLE IF NOT EXISTS \"rep_c_%s\"(\"%s\" %s PRIMARY KEY, seq bigint NOT "
+               "NULL, xid xid8, lh bigint NOT NULL, mask bigint NOT NULL, cl int NOT NULL, clh "
+               "bigint NOT NULL, cls int NOT NULL);"
+               "CREATE INDEX IF NOT EXISTS \"rep_c_%s_xid\" ON \"rep_c_%s\"(xid) WHERE xid IS NOT "
+               "NULL;",
+               T, P, t->types[0], T, T);
+    for (unsigned c = 1; c <= t->ncols; c++) {
+        const char *n = t->cols[c];
+        buf_printf(b,
+                   "ALTER TABLE \"rep_c_%s\" ADD COLUMN IF NOT EXISTS \"v_%s\" bigint, ADD COLUMN "
+                   "IF NOT EXISTS \"s_%s\" int, ADD COLUMN IF NOT EXISTS \"b_%s\" bigint, ADD "
+                   "COLUMN IF NOT EXISTS \"bs_%s\" int;",
+                   T, n, n, n, n);
+    }
+    buf_printf(
+        b,
+        "CREATE OR REPLACE FUNCTION \"rep_trg_%s\"() RETURNS trigger LANGUAGE plpgsql AS "
+        "$rep$\n#variable_conflict use_variable\nDECLARE h bigint; me int; m bigint := 0;"
+        "\nBEGIN\n IF TG_OP = 'UPDATE' THEN\n  IF OLD.\"%s\" IS DISTINCT FROM NEW.\"%s\" THEN "
+        "RAISE EXCEPTION 'multisite-syncd: primary key updates are not replicated; "
+        "delete the row and insert it under the new key'; END IF;\n  m := 0",
+        T, P, P);
+    for (unsigned c = 1; c <= t->ncols; c++) {
+        buf_printf(b, " | (CASE WHEN OLD.\"%s\" IS DISTINCT FROM NEW.\"%s\" THEN %lld ELSE 0 END)",
+                   t->cols[c], t->cols[c], (long long)(1ull << (c - 1)));
+    }
+    buf_printf(b,
+               ";\n  IF m = 0 THEN RETURN NULL; END IF;\n ELSIF TG_OP = 'INSERT' THEN m := %lld; "
+               "END IF;\n SELECT greatest(" HLC_PG
+               ", r.hlc + 1), r.site INTO h, me FROM rep_meta r;\n"
+               " IF TG_OP = 'DELETE' THEN\n  INSERT INTO \"rep_c_%s\" AS c (\"%s\", seq, xid, lh, "
+               "mask, cl, clh, cls) VALUES (OLD.\"%s\", nextval('rep_seq'), pg_current_xact_id(), "
+               "h, 0, 2, h, me) ON CONFLICT (\"%s\") DO UPDATE SET seq = excluded.seq, xid = "
+               "excluded.xid, lh = excluded.lh, mask = 0, cl = c.cl + (c.cl %% 2), clh = "
+               "greatest(excluded.clh, c.clh + 1), cls = excluded.cls;\n  RETURN NULL;\n END IF;\n"
+               " INSERT INTO \"rep_c_%s\" AS c (\"%s\", seq, xid, lh, mask, cl, clh, cls",
+               (long long)all, T, P, P, P, T, P);
+    for (unsigned c = 1; c <= t->ncols; c++) {
+        buf_printf(b, ", \"v_%s\", \"s_%s\"", t->cols[c], t->cols[c]);
+    }
+    buf_printf(b, ") VALUES (NEW.\"%s\", nextval('rep_seq'), pg_current_xact_id(), h, m, 1, h, me",
+               P);
+    for (unsigned c = 1; c <= t->ncols; c++) {
+        long long bit = (long long)(1ull << (c - 1));
+        buf_printf(b, ", CASE WHEN m & %lld <> 0 THEN h END, CASE WHEN m & %lld <> 0 THEN me END",
+                   bit, bit);
+    }
+    buf_printf(b,
+               ") ON CONFLICT (\"%s\") DO UPDATE SET seq = excluded.seq, xid = excluded.xid, lh "
+               "= excluded.lh, mask = CASE WHEN c.xid = excluded.xid THEN c.mask | excluded.mask "
+               "ELSE excluded.mask END, cl = CASE WHEN TG_OP = 'INSERT' THEN c.cl + 1 - (c.cl %% "
+               "2) ELSE c.cl END, clh = CASE WHEN TG_OP = 'INSERT' THEN greatest(excluded.clh, "
+               "c.clh + 1) ELSE c.clh END, cls = CASE WHEN TG_OP = 'INSERT' THEN excluded.cls "
+               "ELSE c.cls END",
+               P);
+    for (unsigned c = 1; c <= t->ncols; c++) {
+        const char *n = t->cols[c];
+        buf_printf(
+            b,
+            ", \"b_%s\" = CASE WHEN excluded.\"v_%s\" IS NULL OR c.\"s_%s\" = me THEN "
+            "c.\"b_%s\" ELSE c.\"v_%s\" END, \"bs_%s\" = CASE WHEN excluded.\"v_%s\" IS "
+            "NULL OR c.\"s_%s\" = me THEN c.\"bs_%s\" ELSE c.\"s_%s\" END, \"v_%s\" = CASE "
+            "WHEN excluded.\"v_%s\" IS NULL THEN c.\"v_%s\" ELSE greatest(excluded.\"v_%s\", "
+            "c.\"v_%s\" + 1) END, \"s_%s\" = coalesce(excluded.\"s_%s\", c.\"s_%s\")",
+            n, n, n, n, n, n, n, n, n, n, n, n, n, n, n, n, n, n);
+    }
+    buf_printf(b,
+               ";\n RETURN NULL;\nEND\n$rep$;"
+               "DROP TRIGGER IF EXISTS \"rep_t_%s\" ON \"%s\";"
+               "CREATE TRIGGER \"rep_t_%s\" AFTER INSERT OR UPDATE OR DELETE ON \"%s\" FOR EACH "
+               "ROW WHEN (current_setting('rep.applying', true) IS DISTINCT FROM 'on') EXECUTE "
+               "FUNCTION \"rep_trg_%s\"();",
+               T, T, T, T, T);
+    /* Rows that existed before capture: one clock row each, sent like any change. */
+    buf_printf(b, "INSERT INTO \"rep_c_%s\"(\"%s\", seq, xid, lh, mask, cl, clh, cls", T, P);
+    for (unsigned c = 1; c <= t->ncols; c++) {
+        buf_printf(b, ", \"v_%s\", \"s_%s\"", t->cols[c], t->cols[c]);
+    }
+    buf_printf(b,
+               ") SELECT t.\"%s\", nextval('rep_seq'), pg_current_xact_id(), m.h, %lld, 1, "
+               "m.h, m.site",
+               P, (long long)all);
+    for (unsigned c = 1; c <= t->ncols; c++) {
+        buf_printf(b, ", m.h, m.site");
+    }
+    buf_printf(b,
+               " FROM \"%s\" t, (SELECT greatest(" HLC_PG
+               ", hlc + 1) AS h, site FROM rep_meta) m WHERE NOT EXISTS (SELECT 1 FROM "
+               "\"rep_c_%s\" c WHERE c.\"%s\" = t.\"%s\");",
+               T, T, P, P);
+}
+
+int sync_pg_init(sync_db_t *db, char *why, size_t whylen)
+{
+    pg_db_t *s = (pg_db_t *)db;
+    const sync_conf_t *c = db->conf;
+    sync_pg_tables_free(s);
+    if (sync_pg_ex(s, "BEGIN") != 0) {
+        snprintf(why, whylen, "cannot start the init transaction: %s", PQerrorMessage(s->pc));
+        return MS_EDB;
+    }
+    int rc = sync_pg_ex(s, meta_sql);
+    if (rc == 0) {
+        char sql[160];
+        snprintf(sql, sizeof(sql),
+                 "INSERT INTO rep_meta(id, site, hlc) VALUES(1, %u, 0) ON CONFLICT DO NOTHING",
+                 c->site_id);
+        rc = sync_pg_ex(s, sql);
+    }
+    if (rc == 0) {
+        s->site = (uint32_t)sync_pg_q_int(s, "SELECT site FROM rep_meta");
+        if (s->site != c->site_id) {
+            snprintf(why, whylen, "database belongs to site id %u, the config says %u", s->site,
+                     c->site_id);
+            rc = MS_ECONF;
+        }
+    }
+    s->t = xcalloc(c->tables.n, sizeof(pg_table_t));
+    for (size_t i = 0; rc == 0 && i < c->tables.n; i++) {
+        rc = table_load(s, c->tables.v[i], &s->t[i], why, whylen);
+        if (rc != 0) {
+            break;
+        }
+        s->nt++;
+        buf_t b;
+        buf_init(&b);
+        gen_capture(&b, &s->t[i], s->site);
+        PGresult *r = sync_pg_q(s, sync_pg_cstr(&b), 0, NULL);
+        if (!r) {
+            snprintf(why, whylen, "installing capture on %s: %s", s->t[i].name,
+                     PQerrorMessage(s->pc));
+            rc = MS_EDB;
+        }
+        PQclear(r);
+        if (rc == 0) {
+            buf_t cols;
+            buf_init(&cols);
+            for (unsigned k = 1; k <= s->t[i].ncols; k++) {
+                buf_printf(&cols, "%s%s", k > 1 ? "," : "", s->t[i].cols[k]);
+            }
+            char fp[33];
+            for (int k = 0; k < 16; k++) {
+                snprintf(fp + 2 * k, 3, "%02x", s->t[i].fp[k]);
+            }
+            const char *p[4] = {s->t[i].name, s->t[i].cols[0], cols.len ? sync_pg_cstr(&cols) : "",
+                                fp};
+            r = sync_pg_q(s,
+                          "INSERT INTO rep_table(name, pk, cols, fp) VALUES($1, $2, $3, decode($4, "
+                          "'hex')) ON CONFLICT (name) DO UPDATE SET pk = excluded.pk, cols = "
+                          "excluded.cols, fp = excluded.fp",
+                          4, p);
+            rc = r ? 0 : MS_EDB;
+            PQclear(r);
+            buf_deinit(&cols);
+        }
+        buf_deinit(&b);
+    }
+    if (rc != 0) {
+        if (!why[0]) {
+            snprintf(why, whylen, "init failed: %s", PQerrorMessage(s->pc));
+        }
+        PQclear(PQexec(s->pc, "ROLLBACK"));
+        sync_pg_tables_free(s);
+        return rc;
+    }
+    if (sync_pg_ex(s, "COMMIT") != 0) {
+        snprintf(why, whylen, "commit of init: %s", PQerrorMessage(s->pc));
+        sync_pg_tables_free(s);
+        return MS_EDB;
+    }
+    return 0;
+}
+
+int sync_pg_attach(sync_db_t *db, char *why, size_t whylen)
+{
+    return sync_pg_init(db, why, whylen);
+}

@@ -1,0 +1,63 @@
+/* pg_int.h: private interface of the PostgreSQL backend, shared by its files:
+ *   pg.c          connection, query helpers, value conversion, status, ops table
+ *   pg_capture.c  metadata tables, table loading, capture triggers (init)
+ *   pg_read.c     the sender side: ticks, windows, reading pending rows
+ *   pg_apply.c    the receiver side: set-based apply, conflicts, quarantine, retry
+ * Nothing here is used outside src/sync/pg*.c. */
+#ifndef MS_SYNC_PG_INT_H
+#define MS_SYNC_PG_INT_H
+
+#include "sync/internal.h"
+
+#include <libpq-fe.h>
+
+typedef struct {
+    char *name;
+    unsigned ncols;
+    char **cols;  /* [0] = primary key, then value columns sorted by name */
+    char **types; /* format_type() of each */
+    unsigned *oids;
+    sync_wtable_t w;
+    uint8_t fp[16];
+} pg_table_t;
+
+typedef struct {
+    sync_db_t base;
+    PGconn *pc;
+    pg_table_t *t;
+    size_t nt;
+    uint32_t site;
+} pg_db_t;
+
+/* Positions on PostgreSQL: tick id << PG_PART_BITS | part (pg_read.c). */
+#define PG_PART_BITS 24
+
+/* NUL-terminate a buffer in place (not counted in len) and return it as a string. */
+const char *sync_pg_cstr(buf_t *b);
+/* Run a statement (params in text format when n > 0); NULL on error (logged at debug). */
+PGresult *sync_pg_q(pg_db_t *s, const char *sql, int n, const char *const *params);
+/* Run a statement, log an error; 0 or MS_EDB. */
+int sync_pg_ex(pg_db_t *s, const char *sql);
+/* First column of the first row as an integer (0 when none). */
+int64_t sync_pg_q_int(pg_db_t *s, const char *sql);
+void sync_pg_tables_free(pg_db_t *s);
+
+/* Values: text result -> wire value; wire value -> array literal element. */
+void sync_pg_val(PGresult *r, int row, int col, unsigned oid, arena_t *a, sync_val_t *v);
+void sync_pg_arr_add(buf_t *b, const sync_val_t *v, bool first);
+void sync_pg_arr_int(buf_t *b, bool isnull, int64_t x, bool first);
+void sync_pg_arr_text(buf_t *b, const char *s, bool first);
+/* A version from two adjacent result columns (hlc, site); none when either is NULL. */
+sync_ver_t sync_pg_ver(PGresult *r, int row, int col);
+
+/* Backend operations, by file. */
+int sync_pg_init(sync_db_t *db, char *why, size_t whylen);   /* pg_capture.c */
+int sync_pg_attach(sync_db_t *db, char *why, size_t whylen); /* pg_capture.c */
+bool sync_pg_changed(sync_db_t *db);                         /* pg_read.c */
+int sync_pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t *n,
+                 uint64_t *hi);                                                 /* pg_read.c */
+int sync_pg_apply(sync_db_t *db, const sync_batch_t *b, sync_apply_res_t *res); /* pg_apply.c */
+int sync_pg_retry(sync_db_t *db, sync_apply_res_t *res);                        /* pg_apply.c */
+int sync_pg_cursor(sync_db_t *db, uint32_t origin, uint64_t *applied);          /* pg_apply.c */
+
+#endif
