@@ -146,42 +146,66 @@ void sync_pg_val(PGresult *r, int row, int col, unsigned oid, arena_t *a, sync_v
     }
 }
 
-/* Text form of a value for a PostgreSQL array literal element (NULL: SQL NULL). */
+void sync_pg_put_i64(buf_t *b, int64_t x)
+{
+    char tmp[24], *p = tmp + sizeof(tmp);
+    uint64_t u = x < 0 ? 0 - (uint64_t)x : (uint64_t)x;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (x < 0) {
+        *--p = '-';
+    }
+    buf_append(b, p, (size_t)(tmp + sizeof(tmp) - p));
+}
+
+/* Text form of a value for a PostgreSQL array literal element (NULL: SQL NULL). Called for
+ * every value of every applied row, so no printf: numbers are written unquoted, text is
+ * quoted with backslash escapes, blobs as quoted \x hex. */
 void sync_pg_arr_add(buf_t *b, const sync_val_t *v, bool first)
 {
+    static const char hex[] = "0123456789abcdef";
     if (!first) {
         buf_append(b, ",", 1);
     }
     if (!v || v->type == SYNC_V_NULL) {
-        buf_printf(b, "NULL");
+        buf_append(b, "NULL", 4);
         return;
     }
-    buf_append(b, "\"", 1);
-    switch (v->type) {
-    case SYNC_V_INT: buf_printf(b, "%lld", (long long)v->i); break;
-    case SYNC_V_REAL:
-        if (isinf(v->r)) {
-            buf_printf(b, "%sInfinity", v->r < 0 ? "-" : "");
-        } else {
-            buf_printf(b, "%.17g", v->r);
-        }
-        break;
-    case SYNC_V_BLOB:
-        buf_printf(b, "\\\\x");
+    if (v->type == SYNC_V_INT) {
+        sync_pg_put_i64(b, v->i);
+        return;
+    }
+    if (v->type == SYNC_V_REAL) {
+        char tmp[40];
+        int n = isinf(v->r) ? snprintf(tmp, sizeof(tmp), "%sInfinity", v->r < 0 ? "-" : "")
+                            : snprintf(tmp, sizeof(tmp), "%.17g", v->r);
+        buf_append(b, tmp, (size_t)n);
+        return;
+    }
+    buf_reserve(b, 2 * (size_t)v->len + 8);
+    char *o = (char *)b->data + b->len;
+    *o++ = '"';
+    if (v->type == SYNC_V_BLOB) {
+        memcpy(o, "\\\\x", 3);
+        o += 3;
         for (uint32_t i = 0; i < v->len; i++) {
-            buf_printf(b, "%02x", v->p[i]);
+            *o++ = hex[v->p[i] >> 4];
+            *o++ = hex[v->p[i] & 15];
         }
-        break;
-    default:
+    } else {
         for (uint32_t i = 0; i < v->len; i++) {
             char c = (char)v->p[i];
             if (c == '"' || c == '\\') {
-                buf_append(b, "\\", 1);
+                *o++ = '\\';
             }
-            buf_append(b, &c, 1);
+            *o++ = c;
         }
     }
-    buf_append(b, "\"", 1);
+    *o++ = '"';
+    b->len = (size_t)(o - (char *)b->data);
+    b->data[b->len] = 0;
 }
 
 void sync_pg_arr_int(buf_t *b, bool isnull, int64_t x, bool first)

@@ -98,7 +98,7 @@ static int quarantine(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const
 typedef struct {
     const sync_entry_t *e;
     sync_row_action_t act;
-    bool write, del, found, existed;
+    bool write, del, found, row; /* found: a clock row exists; row: T has the row (locked) */
     bool take[SYNC_MAX_COLS];
     uint32_t cl;
     sync_ver_t clv;
@@ -114,398 +114,415 @@ static uint64_t entry_max_hlc(const sync_wtable_t *w, const sync_entry_t *e)
     return m;
 }
 
-/* Apply entries ents[0..n) of one wire table (all for the same local table) set-based.
- * Returns 0 or MS_EDB (the caller rolls back to its savepoint). */
-static int apply_set(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const pmap_t *m,
-                     const sync_entry_t **ents, size_t n, sync_apply_res_t *res)
+/* The parameters of one set-based statement: n PostgreSQL array literals. */
+typedef struct {
+    unsigned n;
+    size_t rows;
+    buf_t *a;
+    const char **pv;
+} parr_t;
+
+static void parr_init(parr_t *p, unsigned n)
 {
-    pg_table_t *t = m->t;
-    const char *P = t->cols[0];
-    buf_t keys, sql;
-    buf_init(&keys);
-    buf_init(&sql);
-    buf_append(&keys, "{", 1);
-    for (size_t i = 0; i < n; i++) {
-        sync_pg_arr_add(&keys, &ents[i]->pk[0], i == 0);
+    p->n = n;
+    p->rows = 0;
+    p->a = xcalloc(n, sizeof(buf_t));
+    p->pv = xcalloc(n, sizeof(char *));
+    for (unsigned k = 0; k < n; k++) {
+        buf_init(&p->a[k]);
+        buf_append(&p->a[k], "{", 1);
     }
-    buf_append(&keys, "}", 1);
-    buf_printf(&sql, "SELECT k.i, c.cl, c.clh, c.cls");
+}
+
+static const char *const *parr_done(parr_t *p)
+{
+    for (unsigned k = 0; k < p->n; k++) {
+        buf_append(&p->a[k], "}", 1);
+        p->pv[k] = sync_pg_cstr(&p->a[k]);
+    }
+    return p->pv;
+}
+
+static void parr_free(parr_t *p)
+{
+    for (unsigned k = 0; k < p->n; k++) {
+        buf_deinit(&p->a[k]);
+    }
+    free(p->a);
+    free(p->pv);
+}
+
+static int run(pg_db_t *s, buf_t *sql, parr_t *p, const char *what)
+{
+    PGresult *r = sync_pg_q(s, sync_pg_cstr(sql), (int)p->n, parr_done(p));
+    if (!r) {
+        log_debug("postgresql: %s: %s", what, PQerrorMessage(s->pc));
+    }
+    PQclear(r);
+    return r ? 0 : MS_EDB;
+}
+
+/* Result columns of read_state(): 0 ordinality, 1-3 clock cl/clh/cls, 4 row present, then
+ * per value column c: version hlc, site, current value as text. */
+#define RS_COL(c) (5 + 3 * (int)(c))
+
+/* Lock the rows of T that the entries name and read their clocks and current values, in one
+ * statement. Each lookup is an index probe (LATERAL subqueries are never turned into a hash
+ * join over the whole table) and the rows are locked in key order. Once T's row is locked
+ * no local change to it can slip in before we commit: the capture trigger writes the clock
+ * row only while its transaction holds that lock. */
+static PGresult *read_state(pg_db_t *s, const pg_table_t *t, const sync_entry_t **ents, size_t n)
+{
+    const char *P = t->cols[0];
+    parr_t k;
+    parr_init(&k, 1);
+    for (size_t i = 0; i < n; i++) {
+        sync_pg_arr_add(&k.a[0], &ents[i]->pk[0], i == 0);
+    }
+    buf_t sql;
+    buf_init(&sql);
+    buf_printf(&sql, "SELECT k.i, c.cl, c.clh, c.cls, t.\"%s\" IS NOT NULL", P);
     for (unsigned c = 1; c <= t->ncols; c++) {
         buf_printf(&sql, ", c.\"v_%s\", c.\"s_%s\", t.\"%s\"::text", t->cols[c], t->cols[c],
                    t->cols[c]);
     }
     buf_printf(&sql,
-               " FROM unnest($1::text[]) WITH ORDINALITY AS k(p, i) LEFT JOIN \"rep_c_%s\" c ON "
-               "c.\"%s\" = k.p::%s LEFT JOIN \"%s\" t ON t.\"%s\" = k.p::%s ORDER BY k.i",
-               t->name, P, t->types[0], t->name, P, t->types[0]);
-    const char *p1[1] = {sync_pg_cstr(&keys)};
-    /* Lock the rows first, so no local change slips in between the read of the versions
-     * below and the writes (a writer holds the row until its trigger has written the clock
-     * row and it commits). */
-    buf_t lk;
-    buf_init(&lk);
-    buf_printf(&lk,
-               "SELECT 1 FROM \"%s\" x JOIN unnest($1::text[]::%s[]) k(p) ON x.\"%s\" = k.p "
-               "ORDER BY x.\"%s\" FOR UPDATE OF x",
-               t->name, t->types[0], P, P);
-    PGresult *r = sync_pg_q(s, sync_pg_cstr(&lk), 1, p1);
-    /* The clock rows need no lock of their own: only the capture trigger writes them, and
-     * only while its transaction holds the row locked above. */
-    buf_deinit(&lk);
-    if (!r) {
-        buf_deinit(&keys);
-        buf_deinit(&sql);
-        return MS_EDB;
-    }
-    PQclear(r);
-    r = sync_pg_q(s, sync_pg_cstr(&sql), 1, p1);
-    if (!r || PQntuples(r) != (int)n) {
+               " FROM (SELECT p, i FROM unnest($1::%s[]) WITH ORDINALITY AS u(p, i) ORDER BY p) k"
+               " LEFT JOIN LATERAL (SELECT * FROM \"%s\" x WHERE x.\"%s\" = k.p FOR UPDATE) t ON"
+               " true LEFT JOIN LATERAL (SELECT * FROM \"rep_c_%s\" y WHERE y.\"%s\" = k.p OFFSET"
+               " 0) c ON true",
+               t->types[0], t->name, P, t->name, P);
+    PGresult *r = sync_pg_q(s, sync_pg_cstr(&sql), 1, parr_done(&k));
+    buf_deinit(&sql);
+    parr_free(&k);
+    if (r && PQntuples(r) != (int)n) {
         PQclear(r);
-        buf_deinit(&keys);
-        buf_deinit(&sql);
-        return MS_EDB;
+        r = NULL;
     }
-    pdec_t *d = xcalloc(n, sizeof(pdec_t));
-    buf_t conf;
-    buf_init(&conf);
-    size_t nconf = 0;
-    buf_t cf[8]; /* conflict arrays: pk, col, rule, winner, local_val, lv, remote_val, rv */
-    for (int i = 0; i < 8; i++) {
-        buf_init(&cf[i]);
+    return r;
+}
+
+/* Conflicts found by decide(), as the text arrays of one rep_conflict insert. */
+typedef struct {
+    parr_t a; /* pk, col, rule, winner, local_val, local ver, remote_val, remote ver */
+} pconf_t;
+
+static void conflict_add(pconf_t *cf, const pg_table_t *t, const sync_entry_t *e, unsigned c, int j,
+                         const char *rule, bool won, const char *local_val, sync_ver_t lv)
+{
+    buf_t pkt;
+    buf_init(&pkt);
+    sync_val_text(&pkt, e->pk, 1);
+    bool f = cf->a.rows++ == 0;
+    buf_t *a = cf->a.a;
+    sync_pg_arr_text(&a[0], sync_pg_cstr(&pkt), f);
+    sync_pg_arr_text(&a[1], t->cols[1 + c], f);
+    sync_pg_arr_text(&a[2], rule, f);
+    sync_pg_arr_text(&a[3], won ? "remote" : "local", f);
+    sync_pg_arr_text(&a[4], local_val, f);
+    buf_printf(&a[5], "%s\"(%llu,%u)\"", f ? "" : ",", (unsigned long long)lv.hlc, lv.site);
+    sync_pg_arr_add(&a[6], &e->val[j], f);
+    buf_printf(&a[7], "%s\"(%llu,%u)\"", f ? "" : ",", (unsigned long long)e->ver[j].hlc,
+               e->ver[j].site);
+    buf_deinit(&pkt);
+}
+
+/* Merge one entry against the local state in row `row` of read_state()'s result. */
+static void decide(pg_db_t *s, uint32_t origin, const pmap_t *m, PGresult *r, int row, pdec_t *x,
+                   pconf_t *cf, sync_apply_res_t *res)
+{
+    const pg_table_t *t = m->t;
+    const sync_entry_t *e = x->e;
+    x->found = !PQgetisnull(r, row, 1);
+    x->row = PQgetvalue(r, row, 4)[0] == 't';
+    x->cl = x->found ? (uint32_t)strtoul(PQgetvalue(r, row, 1), NULL, 10) : 0;
+    x->clv = x->found ? sync_pg_ver(r, row, 2) : (sync_ver_t){0, 0};
+    for (unsigned c = 0; c < t->ncols; c++) {
+        x->v[c] = x->found ? sync_pg_ver(r, row, RS_COL(c)) : (sync_ver_t){0, 0};
     }
-    for (size_t i = 0; i < n; i++) {
-        const sync_entry_t *e = ents[i];
-        pdec_t *x = &d[i];
-        x->e = e;
-        x->found = !PQgetisnull(r, (int)i, 1);
-        x->cl = x->found ? (uint32_t)strtoul(PQgetvalue(r, (int)i, 1), NULL, 10) : 0;
-        x->clv = x->found ? sync_pg_ver(r, (int)i, 2) : (sync_ver_t){0, 0};
-        for (unsigned c = 0; c < t->ncols; c++) {
-            x->v[c] = x->found ? sync_pg_ver(r, (int)i, 4 + 3 * (int)c) : (sync_ver_t){0, 0};
-        }
-        x->existed = x->found && x->cl % 2 == 1;
-        x->act = sync_decide_row(x->cl, e->cl);
-        const char *rules[SYNC_MAX_COLS] = {0};
-        bool won[SYNC_MAX_COLS] = {0};
-        sync_ver_t lv[SYNC_MAX_COLS];
-        if (x->act == SYNC_ROW_STALE) {
-            for (unsigned c = 0; e->cl % 2 == 1 && e->mask && x->cl % 2 == 0 && c < t->ncols; c++) {
-                int j = m->map[c];
-                if (j >= 0 && ((e->mask >> j) & 1)) {
-                    rules[c] = "update-vs-delete";
-                    lv[c] = x->clv;
-                }
+    x->act = sync_decide_row(x->cl, e->cl);
+    const char *rules[SYNC_MAX_COLS] = {0};
+    bool won[SYNC_MAX_COLS] = {0};
+    sync_ver_t lv[SYNC_MAX_COLS];
+    if (x->act == SYNC_ROW_STALE) {
+        for (unsigned c = 0; e->cl % 2 == 1 && e->mask && x->cl % 2 == 0 && c < t->ncols; c++) {
+            int j = m->map[c];
+            if (j >= 0 && ((e->mask >> j) & 1)) {
+                rules[c] = "update-vs-delete";
+                lv[c] = x->clv;
             }
-        } else if (x->act == SYNC_ROW_REPLACE) {
-            x->cl = e->cl;
+        }
+    } else if (x->act == SYNC_ROW_REPLACE) {
+        x->cl = e->cl;
+        x->clv = e->clv;
+        x->del = e->cl % 2 == 0;
+        x->write = !x->del;
+        for (unsigned c = 0; x->write && c < t->ncols; c++) {
+            if (m->map[c] >= 0) {
+                x->take[c] = true;
+                x->v[c] = e->ver[m->map[c]];
+            }
+        }
+    } else {
+        if (sync_ver_cmp(NULL, e->clv, x->clv) > 0) {
             x->clv = e->clv;
-            if (e->cl % 2 == 0) {
-                x->del = true;
-            } else {
-                x->write = true;
-                for (unsigned c = 0; c < t->ncols; c++) {
-                    if (m->map[c] >= 0) {
-                        x->take[c] = true;
-                        x->v[c] = e->ver[m->map[c]];
-                    }
-                }
-            }
-        } else {
-            if (sync_ver_cmp(NULL, e->clv, x->clv) > 0) {
-                x->clv = e->clv;
-            }
-            for (unsigned c = 0; e->cl % 2 == 1 && c < t->ncols; c++) {
-                int j = m->map[c];
-                if (j < 0) {
-                    continue;
-                }
-                sync_col_decision_t dc =
-                    sync_decide_col(&s->base.rules, x->v[c], e->ver[j], e->base[j], origin);
-                if (dc.conflict) {
-                    rules[c] = "column-lww";
-                    won[c] = dc.take;
-                    lv[c] = x->v[c];
-                }
-                if (dc.take) {
-                    x->take[c] = true;
-                    x->write = true;
-                    x->v[c] = e->ver[j];
-                }
-            }
         }
-        for (unsigned c = 0; c < t->ncols; c++) {
-            if (!rules[c]) {
+        for (unsigned c = 0; e->cl % 2 == 1 && c < t->ncols; c++) {
+            int j = m->map[c];
+            if (j < 0) {
                 continue;
             }
-            int j = m->map[c];
-            buf_t pkt;
-            buf_init(&pkt);
-            sync_val_text(&pkt, e->pk, 1);
-            bool f = nconf == 0;
-            sync_pg_arr_text(&cf[0], sync_pg_cstr(&pkt), f);
-            sync_pg_arr_text(&cf[1], t->cols[1 + c], f);
-            sync_pg_arr_text(&cf[2], rules[c], f);
-            sync_pg_arr_text(&cf[3], won[c] ? "remote" : "local", f);
-            sync_pg_arr_text(&cf[4],
-                             PQgetisnull(r, (int)i, 6 + 3 * (int)c)
-                                 ? NULL
-                                 : PQgetvalue(r, (int)i, 6 + 3 * (int)c),
-                             f);
-            buf_printf(&cf[5], "%s\"(%llu,%u)\"", f ? "" : ",", (unsigned long long)lv[c].hlc,
-                       lv[c].site);
-            sync_pg_arr_add(&cf[6], &e->val[j], f);
-            buf_printf(&cf[7], "%s\"(%llu,%u)\"", f ? "" : ",", (unsigned long long)e->ver[j].hlc,
-                       e->ver[j].site);
-            buf_deinit(&pkt);
-            nconf++;
+            sync_col_decision_t dc =
+                sync_decide_col(&s->base.rules, x->v[c], e->ver[j], e->base[j], origin);
+            if (dc.conflict) {
+                rules[c] = "column-lww";
+                won[c] = dc.take;
+                lv[c] = x->v[c];
+            }
+            if (dc.take) {
+                x->take[c] = true;
+                x->write = true;
+                x->v[c] = e->ver[j];
+            }
+        }
+    }
+    for (unsigned c = 0; c < t->ncols; c++) {
+        if (rules[c]) {
+            int at = RS_COL(c) + 2;
+            conflict_add(cf, t, e, c, m->map[c], rules[c], won[c],
+                         PQgetisnull(r, row, at) ? NULL : PQgetvalue(r, row, at), lv[c]);
             res->conflicts++;
         }
     }
-    PQclear(r);
-    int rc = 0;
-    /* deletes */
-    buf_t del;
-    buf_init(&del);
-    size_t ndel = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (d[i].del) {
-            sync_pg_arr_add(&del, &d[i].e->pk[0], ndel++ == 0);
-        }
-    }
-    if (ndel) {
-        buf_reset(&sql);
-        buf_printf(&sql,
-                   "DELETE FROM \"%s\" x USING unnest(('{%s}'::text[])::%s[]) k(p) WHERE "
-                   "x.\"%s\" = k.p",
-                   t->name, sync_pg_cstr(&del), t->types[0], P);
-        rc = sync_pg_ex(s, sync_pg_cstr(&sql));
-    }
-    buf_deinit(&del);
-    /* row writes: one upsert with take flags */
-    /* pass 0: rows that exist here (UPDATE with take flags); pass 1: rows that do not
-     * (INSERT; ON CONFLICT covers a row that exists without a clock row). */
-    for (int pass = 0; pass < 2; pass++) {
-        size_t nw = 0;
-        for (size_t i = 0; i < n; i++) {
-            nw += d[i].write && d[i].existed == (pass == 0);
-        }
-        if (rc != 0 || nw == 0) {
+}
+
+/* unnest(...) AS u(k, c0, t0, c1, t1, ...) over the key, the mapped value columns and (with
+ * flags) whether each column is taken. */
+static void src_unnest(buf_t *sql, const pg_table_t *t, const pmap_t *m, bool flags)
+{
+    unsigned p = 2;
+    buf_printf(sql, "unnest($1::%s[]", t->types[0]);
+    for (unsigned c = 0; c < t->ncols; c++) {
+        if (m->map[c] < 0) {
             continue;
         }
-        {
-            unsigned np = 1 + 2 * t->ncols;
-            buf_t *arr = xcalloc(np, sizeof(buf_t));
-            for (unsigned k = 0; k < np; k++) {
-                buf_init(&arr[k]);
-                buf_append(&arr[k], "{", 1);
-            }
-            size_t wi = 0;
-            for (size_t i = 0; i < n; i++) {
-                if (!d[i].write || d[i].existed != (pass == 0)) {
-                    continue;
-                }
-                const sync_entry_t *e = d[i].e;
-                sync_pg_arr_add(&arr[0], &e->pk[0], wi == 0);
-                for (unsigned c = 0; c < t->ncols; c++) {
-                    int j = m->map[c];
-                    sync_pg_arr_add(&arr[1 + 2 * c], j >= 0 ? &e->val[j] : NULL, wi == 0);
-                    sync_pg_arr_text(&arr[2 + 2 * c], d[i].take[c] ? "t" : "f", wi == 0);
-                }
-                wi++;
-            }
-            const char **pv = xcalloc(np, sizeof(char *));
-            for (unsigned k = 0; k < np; k++) {
-                buf_append(&arr[k], "}", 1);
-                pv[k] = sync_pg_cstr(&arr[k]);
-            }
-            /* Existing rows: UPDATE with the take flags (a column not taken keeps its value);
-             * then missing rows: INSERT ... ON CONFLICT DO NOTHING. Two set-based statements for
-             * the whole chunk (a CTE with RETURNING would make the planner loop). */
-            buf_t src;
-            buf_init(&src);
-            buf_printf(&src, "(SELECT * FROM unnest($1::text[]::%s[]", t->types[0]);
-            for (unsigned c = 0; c < t->ncols; c++) {
-                buf_printf(&src, ", $%u::text[]::%s[], $%u::bool[]", 2 + 2 * c, t->types[1 + c],
-                           3 + 2 * c);
-            }
-            buf_printf(&src, ") AS u(k");
-            for (unsigned c = 0; c < t->ncols; c++) {
-                buf_printf(&src, ", c%u, t%u", c, c);
-            }
-            buf_printf(&src, ")) u");
-            buf_reset(&sql);
-            if (pass == 0) {
-                buf_printf(&sql, "UPDATE \"%s\" x SET \"%s\" = x.\"%s\"", t->name, P, P);
-                for (unsigned c = 0; c < t->ncols; c++) {
-                    if (m->map[c] >= 0) {
-                        buf_printf(&sql, ", \"%s\" = CASE WHEN u.t%u THEN u.c%u ELSE x.\"%s\" END",
-                                   t->cols[1 + c], c, c, t->cols[1 + c]);
-                    }
-                }
-                buf_printf(&sql, " FROM %s WHERE x.\"%s\" = u.k", sync_pg_cstr(&src), P);
-                PGresult *wr = sync_pg_q(s, sync_pg_cstr(&sql), (int)np, pv);
-                if (!wr) {
-                    rc = MS_EDB;
-                }
-                PQclear(wr);
-            } else {
-                buf_reset(&sql);
-                buf_printf(&sql, "INSERT INTO \"%s\"(\"%s\"", t->name, P);
-                for (unsigned c = 0; c < t->ncols; c++) {
-                    if (m->map[c] >= 0) {
-                        buf_printf(&sql, ", \"%s\"", t->cols[1 + c]);
-                    }
-                }
-                buf_printf(&sql, ") SELECT u.k");
-                for (unsigned c = 0; c < t->ncols; c++) {
-                    if (m->map[c] >= 0) {
-                        buf_printf(&sql, ", u.c%u", c);
-                    }
-                }
-                buf_printf(&sql,
-                           " FROM %s ON CONFLICT (\"%s\") DO UPDATE SET \"%s\" = excluded.\"%s\"",
-                           sync_pg_cstr(&src), P, P, P);
-                for (unsigned c = 0; c < t->ncols; c++) {
-                    if (m->map[c] >= 0) {
-                        buf_printf(&sql, ", \"%s\" = excluded.\"%s\"", t->cols[1 + c],
-                                   t->cols[1 + c]);
-                    }
-                }
-                PGresult *wr = sync_pg_q(s, sync_pg_cstr(&sql), (int)np, pv);
-                if (!wr) {
-                    rc = MS_EDB;
-                }
-                PQclear(wr);
-            }
-            buf_deinit(&src);
-            for (unsigned k = 0; k < np; k++) {
-                buf_deinit(&arr[k]);
-            }
-            free(arr);
-            free(pv);
+        buf_printf(sql, ", $%u::%s[]", p++, t->types[1 + c]);
+        if (flags) {
+            buf_printf(sql, ", $%u::bool[]", p++);
         }
     }
+    buf_printf(sql, ") AS u(k");
+    for (unsigned c = 0; c < t->ncols; c++) {
+        if (m->map[c] >= 0) {
+            buf_printf(sql, flags ? ", c%u, t%u" : ", c%u", c, c);
+        }
+    }
+    buf_printf(sql, ")");
+}
 
-    /* clocks */
-    size_t nck = 0;
-    for (size_t i = 0; i < n; i++) {
-        nck += d[i].act != SYNC_ROW_STALE;
+/* Write the rows: deletes by key, existing rows by UPDATE (a column not taken keeps its
+ * value), missing rows by a plain INSERT. A local insert racing ours makes the INSERT fail
+ * with a unique violation; the caller then replays the chunk entry by entry. */
+static int write_rows(pg_db_t *s, const pmap_t *m, const pdec_t *d, size_t n)
+{
+    const pg_table_t *t = m->t;
+    const char *P = t->cols[0];
+    unsigned nmapped = 0;
+    for (unsigned c = 0; c < t->ncols; c++) {
+        nmapped += m->map[c] >= 0;
     }
-    if (rc == 0 && nck) {
-        unsigned np = 4 + 2 * t->ncols;
-        buf_t *arr = xcalloc(np, sizeof(buf_t));
-        for (unsigned k = 0; k < np; k++) {
-            buf_init(&arr[k]);
-            buf_append(&arr[k], "{", 1);
-        }
-        size_t wi = 0;
+    int rc = 0;
+    buf_t sql;
+    buf_init(&sql);
+    for (int pass = 0; rc == 0 && pass < 3; pass++) { /* 0 delete, 1 update, 2 insert */
+        parr_t p;
+        parr_init(&p, pass == 0 ? 1 : pass == 1 ? 1 + 2 * nmapped : 1 + nmapped);
         for (size_t i = 0; i < n; i++) {
-            if (d[i].act == SYNC_ROW_STALE) {
+            if (pass == 0 ? !d[i].del : !d[i].write || d[i].row != (pass == 1)) {
                 continue;
             }
-            bool f = wi++ == 0;
-            sync_pg_arr_add(&arr[0], &d[i].e->pk[0], f);
-            sync_pg_arr_int(&arr[1], false, d[i].cl, f);
-            sync_pg_arr_int(&arr[2], false, (int64_t)d[i].clv.hlc, f);
-            sync_pg_arr_int(&arr[3], false, d[i].clv.site, f);
-            for (unsigned c = 0; c < t->ncols; c++) {
-                bool none = sync_ver_none(d[i].v[c]);
-                sync_pg_arr_int(&arr[4 + 2 * c], none, (int64_t)d[i].v[c].hlc, f);
-                sync_pg_arr_int(&arr[5 + 2 * c], none, d[i].v[c].site, f);
+            const sync_entry_t *e = d[i].e;
+            bool f = p.rows++ == 0;
+            unsigned k = 0;
+            sync_pg_arr_add(&p.a[k++], &e->pk[0], f);
+            for (unsigned c = 0; pass > 0 && c < t->ncols; c++) {
+                if (m->map[c] >= 0) {
+                    sync_pg_arr_add(&p.a[k++], &e->val[m->map[c]], f);
+                    if (pass == 1) {
+                        buf_append(&p.a[k], f ? "" : ",", f ? 0 : 1);
+                        buf_append(&p.a[k++], d[i].take[c] ? "t" : "f", 1);
+                    }
+                }
             }
         }
-        const char **pv = xcalloc(np, sizeof(char *));
-        for (unsigned k = 0; k < np; k++) {
-            buf_append(&arr[k], "}", 1);
-            pv[k] = sync_pg_cstr(&arr[k]);
-        }
         buf_reset(&sql);
-        buf_printf(&sql, "INSERT INTO \"rep_c_%s\" AS c (\"%s\", seq, lh, mask, cl, clh, cls",
-                   t->name, P);
-        for (unsigned c = 1; c <= t->ncols; c++) {
-            buf_printf(&sql, ", \"v_%s\", \"s_%s\"", t->cols[c], t->cols[c]);
+        if (p.rows && pass == 0) {
+            buf_printf(&sql, "DELETE FROM \"%s\" WHERE \"%s\" = ANY($1::%s[])", t->name, P,
+                       t->types[0]);
+        } else if (p.rows && pass == 1) {
+            buf_printf(&sql, "UPDATE \"%s\" x SET \"%s\" = x.\"%s\"", t->name, P, P);
+            for (unsigned c = 0; c < t->ncols; c++) {
+                if (m->map[c] >= 0) {
+                    buf_printf(&sql, ", \"%s\" = CASE WHEN u.t%u THEN u.c%u ELSE x.\"%s\" END",
+                               t->cols[1 + c], c, c, t->cols[1 + c]);
+                }
+            }
+            buf_printf(&sql, " FROM ");
+            src_unnest(&sql, t, m, true);
+            buf_printf(&sql, " WHERE x.\"%s\" = u.k", P);
+        } else if (p.rows) {
+            buf_printf(&sql, "INSERT INTO \"%s\"(\"%s\"", t->name, P);
+            for (unsigned c = 0; c < t->ncols; c++) {
+                if (m->map[c] >= 0) {
+                    buf_printf(&sql, ", \"%s\"", t->cols[1 + c]);
+                }
+            }
+            buf_printf(&sql, ") SELECT * FROM ");
+            src_unnest(&sql, t, m, false);
         }
-        buf_printf(&sql, ") SELECT u.k, 0, 0, 0, u.cl, u.clh, u.cls");
-        for (unsigned c = 0; c < t->ncols; c++) {
-            buf_printf(&sql, ", u.v%u, u.s%u", c, c);
+        if (p.rows) {
+            rc = run(s, &sql, &p, "row write");
         }
-        buf_printf(&sql, " FROM unnest($1::text[]::%s[], $2::int[], $3::bigint[], $4::int[]",
-                   t->types[0]);
-        for (unsigned c = 0; c < t->ncols; c++) {
-            buf_printf(&sql, ", $%u::bigint[], $%u::int[]", 5 + 2 * c, 6 + 2 * c);
-        }
-        buf_printf(&sql, ") AS u(k, cl, clh, cls");
-        for (unsigned c = 0; c < t->ncols; c++) {
-            buf_printf(&sql, ", v%u, s%u", c, c);
-        }
-        buf_printf(&sql,
-                   ") ON CONFLICT (\"%s\") DO UPDATE SET cl = excluded.cl, clh = "
-                   "excluded.clh, cls = excluded.cls",
-                   P);
-        for (unsigned c = 1; c <= t->ncols; c++) {
-            buf_printf(&sql, ", \"v_%s\" = excluded.\"v_%s\", \"s_%s\" = excluded.\"s_%s\"",
-                       t->cols[c], t->cols[c], t->cols[c], t->cols[c]);
-        }
-        PGresult *wr = sync_pg_q(s, sync_pg_cstr(&sql), (int)np, pv);
-        if (!wr) {
-            log_err("postgresql: clock write: %s", PQerrorMessage(s->pc));
-            rc = MS_EDB;
-        }
-        PQclear(wr);
-        for (unsigned k = 0; k < np; k++) {
-            buf_deinit(&arr[k]);
-        }
-        free(arr);
-        free(pv);
+        parr_free(&p);
     }
-    if (rc == 0 && nconf) {
-        const char *pv[9];
-        char now[32];
-        snprintf(now, sizeof(now), "%llu", (unsigned long long)time_wall_ms());
-        buf_t full[8];
-        for (int i = 0; i < 8; i++) {
-            buf_init(&full[i]);
-            buf_printf(&full[i], "{%s}", sync_pg_cstr(&cf[i]));
-            pv[i] = sync_pg_cstr(&full[i]);
-        }
-        pv[8] = now;
-        char tbl[96];
-        snprintf(tbl, sizeof(tbl), "%s", t->name);
-        buf_reset(&sql);
-        buf_printf(&sql,
-                   "INSERT INTO rep_conflict(at_ms, tbl, pk, col, rule, winner, local_val,"
-                   " local_hlc, local_site, remote_val, remote_hlc, remote_site) SELECT $9::bigint,"
-                   " '%s', u.pk, u.col, u.rule, u.w, u.lv, split_part(trim(both '()' from u.lver),"
-                   " ',', 1)::bigint, split_part(trim(both '()' from u.lver), ',', 2)::int, u.rv,"
-                   " split_part(trim(both '()' from u.rver), ',', 1)::bigint, split_part(trim(both"
-                   " '()' from u.rver), ',', 2)::int FROM unnest($1::text[], $2::text[], "
-                   "$3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) AS "
-                   "u(pk, col, rule, w, lv, lver, rv, rver)",
-                   tbl);
-        PGresult *wr = sync_pg_q(s, sync_pg_cstr(&sql), 9, pv);
-        if (!wr) {
-            log_err("postgresql: conflict log: %s", PQerrorMessage(s->pc));
-            rc = MS_EDB;
-        }
-        PQclear(wr);
-        for (int i = 0; i < 8; i++) {
-            buf_deinit(&full[i]);
-        }
-    }
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        uint64_t mx = entry_max_hlc(w, d[i].e);
-        res->max_hlc = mx > res->max_hlc ? mx : res->max_hlc;
-        res->entries_applied++;
-    }
-    for (int i = 0; i < 8; i++) {
-        buf_deinit(&cf[i]);
-    }
-    buf_deinit(&conf);
-    free(d);
-    buf_deinit(&keys);
     buf_deinit(&sql);
     return rc;
 }
+
+/* Write the clock rows of every entry that was not stale: UPDATE the ones that exist, INSERT
+ * the others (the agent's clock rows carry no xid: they are never sent). */
+static int write_clocks(pg_db_t *s, const pg_table_t *t, const pdec_t *d, size_t n)
+{
+    const char *P = t->cols[0];
+    int rc = 0;
+    buf_t sql;
+    buf_init(&sql);
+    for (int pass = 0; rc == 0 && pass < 2; pass++) { /* 0 update, 1 insert */
+        parr_t p;
+        parr_init(&p, 4 + 2 * t->ncols);
+        for (size_t i = 0; i < n; i++) {
+            if (d[i].act == SYNC_ROW_STALE || d[i].found != (pass == 0)) {
+                continue;
+            }
+            bool f = p.rows++ == 0;
+            sync_pg_arr_add(&p.a[0], &d[i].e->pk[0], f);
+            sync_pg_arr_int(&p.a[1], false, d[i].cl, f);
+            sync_pg_arr_int(&p.a[2], false, (int64_t)d[i].clv.hlc, f);
+            sync_pg_arr_int(&p.a[3], false, d[i].clv.site, f);
+            for (unsigned c = 0; c < t->ncols; c++) {
+                bool none = sync_ver_none(d[i].v[c]);
+                sync_pg_arr_int(&p.a[4 + 2 * c], none, (int64_t)d[i].v[c].hlc, f);
+                sync_pg_arr_int(&p.a[5 + 2 * c], none, d[i].v[c].site, f);
+            }
+        }
+        if (!p.rows) {
+            parr_free(&p);
+            continue;
+        }
+        buf_t src;
+        buf_init(&src);
+        buf_printf(&src, "unnest($1::%s[], $2::int[], $3::bigint[], $4::int[]", t->types[0]);
+        for (unsigned c = 0; c < t->ncols; c++) {
+            buf_printf(&src, ", $%u::bigint[], $%u::int[]", 5 + 2 * c, 6 + 2 * c);
+        }
+        buf_printf(&src, ") AS u(k, cl, clh, cls");
+        for (unsigned c = 0; c < t->ncols; c++) {
+            buf_printf(&src, ", v%u, s%u", c, c);
+        }
+        buf_printf(&src, ")");
+        buf_reset(&sql);
+        if (pass == 0) {
+            buf_printf(&sql, "UPDATE \"rep_c_%s\" c SET cl = u.cl, clh = u.clh, cls = u.cls",
+                       t->name);
+            for (unsigned c = 0; c < t->ncols; c++) {
+                buf_printf(&sql, ", \"v_%s\" = u.v%u, \"s_%s\" = u.s%u", t->cols[1 + c], c,
+                           t->cols[1 + c], c);
+            }
+            buf_printf(&sql, " FROM %s WHERE c.\"%s\" = u.k", sync_pg_cstr(&src), P);
+        } else {
+            buf_printf(&sql, "INSERT INTO \"rep_c_%s\"(\"%s\", seq, lh, mask, cl, clh, cls",
+                       t->name, P);
+            for (unsigned c = 1; c <= t->ncols; c++) {
+                buf_printf(&sql, ", \"v_%s\", \"s_%s\"", t->cols[c], t->cols[c]);
+            }
+            buf_printf(&sql, ") SELECT u.k, 0, 0, 0, u.cl, u.clh, u.cls");
+            for (unsigned c = 0; c < t->ncols; c++) {
+                buf_printf(&sql, ", u.v%u, u.s%u", c, c);
+            }
+            buf_printf(&sql, " FROM %s", sync_pg_cstr(&src));
+        }
+        rc = run(s, &sql, &p, "clock write");
+        buf_deinit(&src);
+        parr_free(&p);
+    }
+    buf_deinit(&sql);
+    return rc;
+}
+
+static int write_conflicts(pg_db_t *s, const pg_table_t *t, pconf_t *cf)
+{
+    if (!cf->a.rows) {
+        return 0;
+    }
+    buf_t sql;
+    buf_init(&sql);
+    buf_printf(&sql,
+               "INSERT INTO rep_conflict(at_ms, tbl, pk, col, rule, winner, local_val,"
+               " local_hlc, local_site, remote_val, remote_hlc, remote_site) SELECT %llu,"
+               " '%s', u.pk, u.col, u.rule, u.w, u.lv, split_part(trim(both '()' from u.lver),"
+               " ',', 1)::bigint, split_part(trim(both '()' from u.lver), ',', 2)::int, u.rv,"
+               " split_part(trim(both '()' from u.rver), ',', 1)::bigint, split_part(trim(both"
+               " '()' from u.rver), ',', 2)::int FROM unnest($1::text[], $2::text[], "
+               "$3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) AS "
+               "u(pk, col, rule, w, lv, lver, rv, rver)",
+               (unsigned long long)time_wall_ms(), t->name);
+    int rc = run(s, &sql, &cf->a, "conflict log");
+    buf_deinit(&sql);
+    return rc;
+}
+
+/* Apply entries ents[0..n) of one wire table (all for the same local table) set-based: one
+ * statement reads and locks, decisions are made in C with merge.c, then at most five
+ * statements write rows, clocks and conflicts. Returns 0 or MS_EDB (the caller rolls back to
+ * its savepoint). */
+static int apply_set(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const pmap_t *m,
+                     const sync_entry_t **ents, size_t n, sync_apply_res_t *res)
+{
+    const pg_table_t *t = m->t;
+    PGresult *r = read_state(s, t, ents, n);
+    if (!r) {
+        return MS_EDB;
+    }
+    pdec_t *d = xcalloc(n, sizeof(pdec_t));
+    pconf_t cf;
+    parr_init(&cf.a, 8);
+    for (int row = 0; row < (int)n; row++) {
+        size_t i = strtoul(PQgetvalue(r, row, 0), NULL, 10) - 1;
+        if (i < n) {
+            d[i].e = ents[i];
+            decide(s, origin, m, r, row, &d[i], &cf, res);
+        }
+    }
+    PQclear(r);
+    int rc = write_rows(s, m, d, n);
+    rc = rc == 0 ? write_clocks(s, t, d, n) : rc;
+    rc = rc == 0 ? write_conflicts(s, t, &cf) : rc;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        uint64_t mx = entry_max_hlc(w, ents[i]);
+        res->max_hlc = mx > res->max_hlc ? mx : res->max_hlc;
+        res->entries_applied++;
+    }
+    parr_free(&cf.a);
+    free(d);
+    return rc;
+}
+
+/* Settings of every apply transaction: capture off (the trigger's WHEN), and nested loops
+ * only: every statement of an apply joins a batch-sized key array to a table by its key, and a
+ * hash or merge join would read the whole table once per batch. */
+#define APPLY_SETTINGS                                                                             \
+    "SET LOCAL rep.applying = 'on'; SET LOCAL enable_hashjoin = off; SET LOCAL "                   \
+    "enable_mergejoin = off; "
 
 /* Apply the entries of b past `after`, inside the open transaction. requeue_id: retrying that
  * quarantine row (update it on failure instead of adding one). */
@@ -621,7 +638,7 @@ int sync_pg_apply(sync_db_t *db, const sync_batch_t *b, sync_apply_res_t *res)
     /* One round trip: begin, capture off, the cursor (locked). */
     char sql[256];
     snprintf(sql, sizeof(sql),
-             "BEGIN; SET LOCAL rep.applying = 'on'; SELECT applied_seq, applied FROM rep_inbound"
+             "BEGIN; " APPLY_SETTINGS "SELECT applied_seq, applied FROM rep_inbound"
              " WHERE origin = %u FOR UPDATE",
              b->origin);
     PGresult *r0 = sync_pg_q(s, sql, 0, NULL);
@@ -697,7 +714,7 @@ int sync_pg_retry(sync_db_t *db, sync_apply_res_t *res)
             continue;
         }
         sync_apply_res_t r1 = {0};
-        if (sync_pg_ex(s, "BEGIN") != 0 || sync_pg_ex(s, "SET LOCAL rep.applying = 'on'") != 0) {
+        if (sync_pg_ex(s, "BEGIN; " APPLY_SETTINGS) != 0) {
             arena_free(a);
             rc = MS_EDB;
             break;

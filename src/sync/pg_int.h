@@ -44,6 +44,7 @@ void sync_pg_tables_free(pg_db_t *s);
 
 /* Values: text result -> wire value; wire value -> array literal element. */
 void sync_pg_val(PGresult *r, int row, int col, unsigned oid, arena_t *a, sync_val_t *v);
+void sync_pg_put_i64(buf_t *b, int64_t x);
 void sync_pg_arr_add(buf_t *b, const sync_val_t *v, bool first);
 void sync_pg_arr_int(buf_t *b, bool isnull, int64_t x, bool first);
 void sync_pg_arr_text(buf_t *b, const char *s, bool first);
