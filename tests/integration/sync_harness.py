@@ -323,5 +323,44 @@ class Cluster:
     def wait_synced(self, timeout=30, table="items"):
         wait_for(lambda: self.synced(table), timeout, "all sites to converge")
 
+    def progress(self):
+        """What changes while the sites are still exchanging changes: per site and peer the
+        stream states, positions, backlog and applied counts (None for a status that failed)."""
+        sig = []
+        for s in self.sites:
+            try:
+                st = s.status()
+            except (AssertionError, ValueError):
+                sig.append(None)
+                continue
+            sig.append((st["agent"], tuple((p["out"], p["in"], p["acked"], p["backlog"],
+                                            p["applied_seq"], p["applied"])
+                                           for p in st["peers"])))
+        return tuple(sig)
+
+    def wait_converged(self, stall=45.0, cap=600.0, table="items"):
+        """Wait until synced(), for as long as the sites make progress: fail when nothing
+        changed for `stall` seconds (longer than an agent's 30 s dead-connection timeout), or
+        after `cap` seconds in all. A slow machine only makes this slower; sites that stopped
+        exchanging changes while their rows still differ fail it."""
+        start = last_change = time.monotonic()
+        last = None
+        while True:
+            try:
+                if self.synced(table):
+                    return time.monotonic() - start
+            except (AssertionError, ValueError):
+                pass  # a status that failed: not synced yet; the stall deadline still runs
+            now = time.monotonic()
+            sig = self.progress()
+            if sig != last:
+                last, last_change = sig, now
+            if now - last_change > stall or now - start > cap:
+                raise AssertionError(
+                    "sites did not converge: no progress for %.1f s (%.1f s in all); last "
+                    "state per site (agent, per peer: out, in, acked, backlog, applied_seq, "
+                    "applied): %r" % (now - last_change, now - start, last))
+            time.sleep(0.1)
+
     def dump(self, site, table="items"):
         return site.sql("SELECT * FROM %s ORDER BY 1" % table)

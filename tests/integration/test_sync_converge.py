@@ -5,8 +5,10 @@ may be applied twice. The seed is printed on failure; rerun one with MS_SYNC_SEE
 
 make check runs a few short runs; bench/sync.sh runs 200 (MS_SYNC_CONVERGE_RUNS=200)."""
 
+import json
 import os
 import random
+import shutil
 import sqlite3
 import sys
 import threading
@@ -46,14 +48,22 @@ def version_after_write(con, rid):
 
 def run_once(tmp_path, seed, nsites, duration):
     rnd = random.Random(seed)
-    c = Cluster(tmp_path, nsites, proxies=True, extra="  batch_rows: %d\n" % rnd.choice([3, 50,
-                                                                                           2000]))
+    batch_rows = rnd.choice([3, 50, 2000])
+    extra = "  batch_rows: %d\n" % batch_rows
+    if os.environ.get("MS_SYNC_CONVERGE_DEBUG"):  # the agents log every merge decision
+        extra += "  log_level: debug\n"
+    c = Cluster(tmp_path, nsites, proxies=True, extra=extra)
     c.init()
     c.start()
     writes = []  # (site, id, col, value, hlc, site_of_version, cl) of every committed write
     wlock = threading.Lock()
     stop = threading.Event()
     errors = []
+    t0 = time.monotonic()
+    events = []  # (seconds since start, what): the kills, restarts, cuts and heals
+
+    def ev(what):
+        events.append((round(time.monotonic() - t0, 3), what))
 
     def writer(site, wseed):
         r = random.Random(wseed)
@@ -97,23 +107,33 @@ def run_once(tmp_path, seed, nsites, duration):
                 except sqlite3.OperationalError:
                     pass
                 if "locked" not in str(e) and "busy" not in str(e):
-                    errors.append(repr(e))
+                    errors.append("writer %s: %r" % (site.name, e))
+            except Exception as e:  # noqa: BLE001 (a dead writer thread must fail the run)
+                errors.append("writer %s: %r" % (site.name, e))
+                break
             time.sleep(r.random() * 0.004)
         con.close()
 
     def chaos():
         r = random.Random(seed * 7 + 1)
-        while not stop.is_set():
-            time.sleep(r.uniform(0.2, 0.8))
-            s = r.choice(c.sites)
-            if r.random() < 0.5:
-                s.kill9()
-                time.sleep(r.uniform(0.05, 0.5))
-                s.start()
-            else:
-                s.proxy.cut()
-                time.sleep(r.uniform(0.1, 0.6))
-                s.proxy.heal()
+        try:
+            while not stop.is_set():
+                time.sleep(r.uniform(0.2, 0.8))
+                s = r.choice(c.sites)
+                if r.random() < 0.5:
+                    ev("kill -9 %s (pid %s)" % (s.name, s.proc.pid if s.proc else None))
+                    s.kill9()
+                    time.sleep(r.uniform(0.05, 0.5))
+                    s.start()
+                    ev("start %s (pid %d)" % (s.name, s.proc.pid))
+                else:
+                    ev("cut %s" % s.name)
+                    s.proxy.cut()
+                    time.sleep(r.uniform(0.1, 0.6))
+                    s.proxy.heal()
+                    ev("heal %s" % s.name)
+        except Exception as e:  # noqa: BLE001
+            errors.append("chaos: %r" % e)
 
     threads = [threading.Thread(target=writer, args=(s, seed * 100 + s.id)) for s in c.sites]
     threads.append(threading.Thread(target=chaos))
@@ -123,17 +143,32 @@ def run_once(tmp_path, seed, nsites, duration):
     stop.set()
     for t in threads:
         t.join()
+    ev("writers and chaos stopped, %d acknowledged writes" % len(writes))
+    failed = None
     try:
         for s in c.sites:
             s.proxy.heal()
             if not s.alive():
                 s.start()
-        c.wait_synced(timeout=60)
-        check(c, writes, seed)
-        assert not errors, errors
+                ev("start %s (pid %d)" % (s.name, s.proc.pid))
+        problems, keys = [], set()
+        try:
+            c.wait_converged()
+            ev("converged")
+        except AssertionError as e:
+            problems.append("seed %d: %s" % (seed, e))
+        if not problems:
+            problems, keys = check(c, writes, seed)
+        problems += errors
+        if problems:
+            failed = diagnose(c, seed, batch_rows, events, writes, problems, keys)
         return len(writes)
     finally:
         c.stop()
+        if failed:
+            keep = keep_failure(c, seed, failed, events, writes)
+            pytest.fail("seed %d: %s (full report and databases in %s)\n%s" %
+                        (seed, failed.splitlines()[0], keep, failed), pytrace=False)
 
 
 def ver_key(h, s):
@@ -141,6 +176,8 @@ def ver_key(h, s):
 
 
 def check(c, writes, seed):
+    """Every property of the final state; returns (problems, ids of the rows concerned)."""
+    problems, keys = [], set()
     cols = ", ".join("v_%s, s_%s" % (x, x) for x in COLS)
     # Column versions of a deleted row are dead state (a tombstone carries none, a re-insert
     # replaces them all), so they are compared for live rows only.
@@ -149,15 +186,25 @@ def check(c, writes, seed):
               for s in c.sites]
     data = [c.dump(s) for s in c.sites]
     for i in range(1, len(c.sites)):
-        assert data[i] == data[0], "seed %d: site %d rows differ from site 1" % (seed, i + 1)
-        assert clocks[i] == clocks[0], "seed %d: site %d versions differ" % (seed, i + 1)
+        for what, sets in (("rows", data), ("versions", clocks)):
+            a, b = ({r[0]: r for r in sets[0]}, {r[0]: r for r in sets[i]})
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            if diff:
+                problems.append("seed %d: site %d %s differ from site 1 for ids %s" %
+                                (seed, i + 1, what, diff))
+                keys.update(diff)
+    if problems:
+        return problems, keys
     final = {row[0]: row for row in clocks[0]}
     rows = {row[0]: row for row in data[0]}
     lost = []
     for (site, rid, col, val, h, vs, cl) in writes:
         f = final[rid]
         if f[1] != cl:
-            assert f[1] > cl, "seed %d: row %d went back to an older incarnation" % (seed, rid)
+            if f[1] < cl:
+                problems.append("seed %d: row %d went back to an older incarnation (cl %d < %d"
+                                " written at %s)" % (seed, rid, f[1], cl, site))
+                keys.add(rid)
             continue  # deleted or re-inserted later
         i = COLS.index(col)
         fv = ver_key(f[4 + 2 * i], f[5 + 2 * i])
@@ -167,16 +214,133 @@ def check(c, writes, seed):
             got = rows[rid][1 + i]
             if got != val:
                 lost.append((site, rid, col, val, "value", got))
-    assert not lost, "seed %d: %d acknowledged writes lost, e.g. %r" % (seed, len(lost), lost[:3])
+    if lost:
+        problems.append("seed %d: %d acknowledged writes lost, e.g. %r" %
+                        (seed, len(lost), lost[:3]))
+        keys.update(x[1] for x in lost)
     # Nothing applied twice and nothing stuck: every receiver's quarantine is empty and every
     # conflict record names a loser that is older than its winner.
     for s in c.sites:
-        assert s.sql("SELECT count(*) FROM rep_quarantine") == [(0,)], "seed %d" % seed
-        for (w, lh, ls, rh, rs) in s.sql("SELECT winner, local_hlc, local_site, remote_hlc,"
-                                         " remote_site FROM rep_conflict"
-                                         " WHERE rule = 'column-lww'"):
+        if s.sql("SELECT count(*) FROM rep_quarantine") != [(0,)]:
+            problems.append("seed %d: site %s has quarantined changes" % (seed, s.name))
+        for (pk, w, lh, ls, rh, rs) in s.sql("SELECT pk, winner, local_hlc, local_site,"
+                                             " remote_hlc, remote_site FROM rep_conflict"
+                                             " WHERE rule = 'column-lww'"):
             win, lose = ((rh, rs), (lh, ls)) if w == "remote" else ((lh, ls), (rh, rs))
-            assert ver_key(*win) > ver_key(*lose), "seed %d: conflict winner older" % seed
+            if ver_key(*win) <= ver_key(*lose):
+                problems.append("seed %d: site %s: conflict winner older for id %s" %
+                                (seed, s.name, pk))
+                keys.add(int(pk))
+    return problems, keys
+
+
+def query(site, sql, args=()):
+    """(column names, rows) of a query on a site's database, for the failure report."""
+    con = sqlite3.connect(site.db, timeout=30)
+    try:
+        cur = con.execute(sql, args)
+        return [d[0] for d in cur.description], cur.fetchall()
+    finally:
+        con.close()
+
+
+def table_text(names, rows, indent="      "):
+    if not rows:
+        return indent + "(none)\n"
+    return "".join(indent + ", ".join("%s=%r" % nv for nv in zip(names, r)) + "\n"
+                   for r in rows)
+
+
+def diverging_ids(c):
+    """Ids whose row or live column versions are not the same at every site."""
+    keys = set()
+    per = []
+    for s in c.sites:
+        _, rows = query(s, "SELECT * FROM items")
+        _, clk = query(s, "SELECT id, cl, clh, cls, %s FROM rep_c_items" %
+                       ", ".join("v_%s, s_%s" % (x, x) for x in COLS))
+        per.append(({r[0]: r for r in rows}, {r[0]: (r if r[1] % 2 else r[:4]) for r in clk}))
+    for d, k in per[1:]:
+        for mine, first in ((d, per[0][0]), (k, per[0][1])):
+            keys.update(i for i in set(mine) | set(first) if mine.get(i) != first.get(i))
+    return keys
+
+
+def diagnose(c, seed, batch_rows, events, writes, problems, keys):
+    """Everything needed to understand a failure, as text: the problems, the schedule of
+    kills and cuts, per site its delivery state, and for every row concerned each site's row,
+    change-table entry, unfolded log, conflict records and the writes made to it."""
+    out = ["%s" % problems[0]]
+    out += ["  " + p for p in problems[1:]]
+    out.append("seed %d: %d sites, batch_rows %d, %d acknowledged writes" %
+               (seed, len(c.sites), batch_rows, len(writes)))
+    try:
+        keys = set(keys) | diverging_ids(c)
+    except sqlite3.Error as e:
+        out.append("cannot compare the sites: %r" % e)
+    out.append("schedule (seconds since the writers started):")
+    out += ["  %7.3f %s" % e for e in events]
+    for s in c.sites:
+        out.append("site %s (id %d, agent %s, pid %s):" %
+                   (s.name, s.id, "alive" if s.alive() else "down",
+                    s.proc.pid if s.proc else None))
+        try:
+            out.append("  status: %s" % json.dumps(s.status(), sort_keys=True))
+        except Exception as e:  # noqa: BLE001
+            out.append("  status: failed: %r" % e)
+        for t in ("rep_meta", "rep_peer", "rep_inbound", "rep_quarantine"):
+            try:
+                names, rows = query(s, "SELECT * FROM %s" % t)
+                out.append("  %s:" % t)
+                out.append(table_text(names, rows[:20], "    ").rstrip("\n"))
+            except sqlite3.Error as e:
+                out.append("  %s: %r" % (t, e))
+    for rid in sorted(keys):
+        out.append("id %d:" % rid)
+        for s in c.sites:
+            out.append("  at %s:" % s.name)
+            for what, sql, args in (
+                    ("row", "SELECT * FROM items WHERE id = ?", (rid,)),
+                    ("rep_c_items", "SELECT * FROM rep_c_items WHERE id = ?", (rid,)),
+                    ("rep_l_items (not folded)", "SELECT * FROM rep_l_items WHERE id = ?",
+                     (rid,)),
+                    ("rep_conflict", "SELECT * FROM rep_conflict WHERE tbl = 'items' AND"
+                     " pk = ? ORDER BY id", (str(rid),))):
+                try:
+                    names, rows = query(s, sql, args)
+                    out.append("    %s:" % what)
+                    out.append(table_text(names, rows).rstrip("\n"))
+                except sqlite3.Error as e:
+                    out.append("    %s: %r" % (what, e))
+        mine = sorted((w for w in writes if w[1] == rid), key=lambda w: ver_key(w[4], w[5]))
+        out.append("  acknowledged writes to id %d (%d; the last 40 by version): "
+                   "(site, id, col, value, hlc, version site, cl)" % (rid, len(mine)))
+        out += ["    %r" % (w,) for w in mine[-40:]]
+    for s in c.sites:
+        try:
+            lines = s.logtext().splitlines()
+        except OSError:
+            lines = []
+        out.append("agent log of %s (last 40 of %d lines):" % (s.name, len(lines)))
+        out += ["  " + ln for ln in lines[-40:]]
+    return "\n".join(out) + "\n"
+
+
+def keep_failure(c, seed, report, events, writes):
+    """Copy the cluster's directory (databases, configs, agent logs) and the report where it
+    survives the test run; returns the path."""
+    base = os.environ.get("MS_SYNC_FAIL_DIR", "/tmp/ms-sync-converge-failures")
+    dest = os.path.join(base, "seed%d-%s-%d" % (seed, time.strftime("%Y%m%dT%H%M%S"),
+                                                os.getpid()))
+    try:
+        shutil.copytree(c.dir, dest, ignore=shutil.ignore_patterns("*.sock"))
+        with open(os.path.join(dest, "report.txt"), "w") as f:
+            f.write(report)
+        with open(os.path.join(dest, "run.json"), "w") as f:
+            json.dump({"seed": seed, "events": events, "writes": writes}, f, default=repr)
+    except OSError as e:
+        return "nowhere (%r)" % e
+    return dest
 
 
 RUNS = int(os.environ.get("MS_SYNC_CONVERGE_RUNS", "3"))
