@@ -18,7 +18,37 @@ SYNCD = os.path.join(BUILD, "multisite-syncd")
 PGBIN = "/usr/lib/postgresql/15/bin"
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port():
+    """A TCP port on 127.0.0.1 nobody listens on, from BELOW the kernel's ephemeral range.
+    A port from the ephemeral range (bind to port 0) is free only until the next outgoing
+    connection anywhere on the machine takes it as its local port, and an agent binds its
+    port long after it is picked (and again after every kill -9): on a machine busy with other
+    tests that made an agent fail to start now and then ("Address already in use"). Ports
+    below the range are only ever taken by an explicit bind, which the probe here sees."""
+    lo = 10000
+    hi = _ephemeral_range()[0] - 1
+    if hi - lo < 1000:
+        lo, hi = 1024, hi
+    rnd = random.Random()
+    for _ in range(500):
+        p = rnd.randint(lo, hi)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", p))
+            return p
+        except OSError:
+            continue
+        finally:
+            s.close()
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     p = s.getsockname()[1]
@@ -205,9 +235,15 @@ class Site:
     def start(self, env=None):
         e = dict(os.environ)
         e.update(env or {})
+        # A killed agent leaves its status socket behind: without this the wait below would
+        # end at once, and status calls would find no agent and read the database instead.
+        try:
+            os.unlink(self.sock)
+        except FileNotFoundError:
+            pass
         self.proc = subprocess.Popen([SYNCD, "-c", self.conf], stdout=open(self.log, "a"),
                                      stderr=subprocess.STDOUT, env=e)
-        wait_for(lambda: os.path.exists(self.sock) or self.proc.poll() is not None, 10,
+        wait_for(lambda: os.path.exists(self.sock) or self.proc.poll() is not None, 30,
                  "agent %s to start" % self.name)
         assert self.proc.poll() is None, "agent %s exited: %s" % (self.name, self.logtext())
 
