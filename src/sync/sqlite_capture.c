@@ -286,7 +286,10 @@ static int install_table(sq_db_t *s, sq_table_t *t)
     trig_pk(&b, t);
     int rc = sync_sq_exec(s, sync_sq_cstr(&b));
     /* Rows that existed before capture was installed get a clock row each, with a distinct
-     * position, so they are sent like any other change. */
+     * position, so they are sent like any other change. A row with a capture log entry is
+     * not one of them: the fold gives it its entry, at the logged (lower) position; an entry
+     * made here would be sent at this higher one first and then move below the peers'
+     * cursors, leaving them with versions this site never had. */
     if (rc == 0) {
         buf_reset(&b);
         buf_printf(&b, "INSERT INTO \"rep_c_%s\"(", t->name);
@@ -307,6 +310,15 @@ static int install_table(sq_db_t *s, sq_table_t *t)
                    "EXISTS (SELECT 1 FROM \"rep_c_%s\" c WHERE ",
                    t->name, t->name);
         sync_sq_pk_where(&b, t, "c.", "t.");
+        /* NOT IN: the log is read once into a transient index, not scanned per row. */
+        buf_printf(&b, ") AND (");
+        sync_sq_pk_list(&b, t, "t.");
+        buf_printf(&b, ") NOT IN (SELECT ");
+        sync_sq_pk_list(&b, t, "");
+        buf_printf(&b, " FROM \"rep_l_%s\" WHERE ", t->name);
+        for (unsigned k = 0; k < t->npk; k++) {
+            buf_printf(&b, "%s\"%s\" IS NOT NULL", k ? " AND " : "", t->cols[k]);
+        }
         buf_printf(&b, ")");
         rc = sync_sq_exec(s, sync_sq_cstr(&b));
         if (rc == 0) {

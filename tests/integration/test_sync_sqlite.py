@@ -290,3 +290,31 @@ def test_new_site_joins_from_a_copy_of_a_running_site(tmp_path):
         assert from_s1["applied"] < 10, from_s1
     finally:
         c.stop()
+
+
+def test_init_with_unfolded_changes_leaves_them_to_the_fold(tmp_path):
+    """Init (run by the agent at start, by `init`, and by `status` with the agent down) gives
+    the rows that existed before capture an entry each. A row whose insert is still in the
+    capture log is not one of them: an entry made by init would be positioned above the
+    logged change, could be sent there, and would then move below the peers' cursor when the
+    log is folded: positions must never go backwards."""
+    c = Cluster(tmp_path, 2)
+    c.init()
+    c.start()
+    try:
+        a, b = c.sites
+        a.sql("INSERT INTO items(id, a) VALUES(1, 'seen')")
+        c.wait_synced()
+        a.stop()
+        a.sql("INSERT INTO items(id, a) VALUES(2, 'new')")  # logged, not folded: agent down
+        logged = a.sql("SELECT seq FROM rep_l_items WHERE id = 2")
+        assert len(logged) == 1
+        a.run("init")
+        assert a.sql("SELECT count(*) FROM rep_c_items WHERE seq >= ?", logged[0]) == [(0,)]
+        a.start()
+        c.wait_synced()
+        want = [(2, logged[0][0], 1)]
+        q = "SELECT id, v_a, s_a FROM rep_c_items WHERE id = 2"
+        assert a.sql(q) == want and b.sql(q) == want
+    finally:
+        c.stop()
