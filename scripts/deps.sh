@@ -13,6 +13,7 @@ python3 python3-dnspython python3-pytest python3-hypothesis python3-psycopg2
 postgresql haproxy iproute2 iptables procps psmisc
 libmaxmind-db-writer-perl mmdb-bin scdoc systemd
 chromium prometheus
+bucardo postgresql-plperl-15 libdbd-pg-perl libdbix-safe-perl libboolean-perl
 "
 
 SUDO=""
@@ -30,6 +31,19 @@ done
 if [ -z "$missing" ]; then
     exit 0
 fi
+
+# bench/sync.sh runs Bucardo, whose control database needs PL/Perl. postgresql-plperl-15
+# depends on exactly one postgresql-15 version: ask for the one already installed when the
+# archive still has it, so that installing PL/Perl never upgrades the server under running
+# clusters.
+pgv=$(dpkg-query -W -f='${Version}' postgresql-15 2>/dev/null || true)
+case " $missing " in
+*" postgresql-plperl-15 "*)
+    if [ -n "$pgv" ] && apt-cache show "postgresql-plperl-15=$pgv" >/dev/null 2>&1; then
+        missing=$(echo "$missing" | sed "s/ postgresql-plperl-15\( \|\$\)/ postgresql-plperl-15=$pgv\1/")
+    fi
+    ;;
+esac
 
 echo "deps.sh: installing:$missing" >&2
 export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,435 @@
+"""bucardo_bench.py: Bucardo 5 (Debian package bucardo), the trigger-based multi-master
+replicator for PostgreSQL, measured by bench/sync.sh beside multisite-syncd: same workload,
+same kind of PostgreSQL 15 server (sync_harness.PgServer: initdb, PostgreSQL's defaults), two
+databases site1 and site2 in it, so that issue 5's floors compare against figures measured in
+the same run instead of remembered ones.
+
+Bucardo keeps its configuration in a control database ("bucardo", made by `bucardo install`
+in the same server) and runs as a daemon: an MCP, a controller and a kid per sync, and a VAC.
+Triggers on each source table record the changed primary keys in a delta table and NOTIFY the
+daemon; the kid then copies the rows with COPY, in one transaction on every database. The sync
+here has both databases as sources (multi-master) with conflict strategy bucardo_latest.
+Everything Bucardo writes (pid files, logs, conflict log, .pgpass) goes into one temporary
+directory; its processes are stopped by the pids in its pid files.
+
+If Bucardo cannot be installed or run, BucardoError says why; the bench prints it and exits
+non-zero. It never falls back to remembered figures."""
+
+import bisect
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import sync_harness as H
+
+BUCARDO = "/usr/bin/bucardo"
+DBS = ("site1", "site2")
+SYNC = "bench"
+PERL_LIB = "/usr/lib/postgresql/15/lib/plperl.so"
+# Bucardo's loop sleeps (bucardo.schema defaults 0.2 to 0.5 s) bound how soon it notices a
+# kick; the issue also quotes its lag with all of them cut to 50 ms.
+FAST_SLEEPS = ("mcp_loop_sleep", "ctl_sleep", "kid_sleep", "kid_nodeltarows_sleep")
+LAG_POLL_S = 0.02  # how often the lag pollers look at the receiving database
+
+
+class BucardoError(Exception):
+    pass
+
+
+def check_installed():
+    """Fail early, with the remedy, when Bucardo or PL/Perl (its control database's
+    functions are PL/PerlU) is missing."""
+    missing = [p for p in (BUCARDO, PERL_LIB) if not os.path.exists(p)]
+    if missing:
+        raise BucardoError("missing %s: run scripts/deps.sh (bucardo, postgresql-plperl-15)"
+                           % ", ".join(missing))
+
+
+class Bucardo:
+    """One Bucardo installation: its control database in pg, its state in a temp dir."""
+
+    def __init__(self, pg, dbs=DBS):
+        self.pg = pg
+        self.dbs = dbs
+        self.dir = tempfile.mkdtemp(prefix="ms-bucardo-")
+        self.run_dir = os.path.join(self.dir, "run")
+        self.log_dir = os.path.join(self.dir, "log")
+        home = os.path.join(self.dir, "home")
+        for d in (self.run_dir, self.log_dir, home):
+            os.mkdir(d)
+        # An rc file of our own, passed on every call: /etc/bucardorc (Debian's, port 5432)
+        # and ~/.bucardorc are never read.
+        self.rc = os.path.join(self.dir, "bucardorc")
+        with open(self.rc, "w") as f:
+            f.write("dbhost = 127.0.0.1\ndbport = %d\ndbname = bucardo\ndbuser = bucardo\n"
+                    "piddir = %s\nlogdest = %s\n" % (pg.port, self.run_dir, self.log_dir))
+        # `bucardo install` appends the new role's password to $HOME/.pgpass and finds psql
+        # through PGBINDIR. The server trusts loopback, so the password is never needed.
+        self.env = dict(os.environ, HOME=home, PGBINDIR=H.PGBIN)
+        self.pids = set()
+
+    def cli(self, *args, timeout=120):
+        r = subprocess.run([BUCARDO, "--bucardorc=" + self.rc] + list(args), cwd=self.dir,
+                           env=self.env, capture_output=True, text=True, timeout=timeout)
+        out = (r.stdout + r.stderr).strip()
+        # `bucardo install` reports some failures with status 0 and a message
+        if r.returncode != 0 or "FAILED" in out:
+            raise BucardoError("bucardo %s failed (status %d): %s\n%s"
+                               % (" ".join(args), r.returncode, out[-2000:], self.log_tail()))
+        return r.stdout
+
+    def install(self, fast_sleeps=False):
+        self.cli("install", "--batch", "--dbuser", "postgres", "--dbname", "postgres")
+        settings = ["log_conflict_file=" + os.path.join(self.log_dir, "conflict.log"),
+                    "warning_file=" + os.path.join(self.log_dir, "warning.log"),
+                    "reason_file=" + os.path.join(self.log_dir, "restart.reason")]
+        if fast_sleeps:
+            settings += ["%s=0.05" % k for k in FAST_SLEEPS]
+        self.cli("set", *settings)
+
+    def add_sync(self, table="public.items"):
+        """Both databases as sources of one sync (multi-master), conflict strategy
+        bucardo_latest (the default). Adding the sync installs the triggers."""
+        for i, db in enumerate(self.dbs):
+            self.cli("add", "db", "db%d" % i, "dbname=" + db, "host=127.0.0.1",
+                     "port=%d" % self.pg.port, "user=bucardo")
+        self.cli("add", "table", table, "db=db0", "relgroup=" + SYNC)
+        self.cli("add", "dbgroup", SYNC, "db0:source", "db1:source")
+        self.cli("add", "sync", SYNC, "relgroup=" + SYNC, "dbs=" + SYNC,
+                 "conflict_strategy=bucardo_latest")
+        for db in self.dbs:
+            n = int(self.pg.psql(db, "SELECT count(*) FROM pg_trigger WHERE tgrelid = "
+                                 "'%s'::regclass AND tgname LIKE 'bucardo%%'" % table))
+            if n < 2:
+                raise BucardoError("no Bucardo triggers on %s in %s after add sync" % (table, db))
+
+    def _pidfiles(self):
+        pids = set()
+        for name in os.listdir(self.run_dir):
+            if name.endswith(".pid"):
+                try:
+                    with open(os.path.join(self.run_dir, name)) as f:
+                        pids.add(int(f.readline().strip()))
+                except (OSError, ValueError):
+                    pass
+        return pids
+
+    def runs(self):
+        """Finished sync runs: (inserts, deletes, conflicts, seconds), oldest first."""
+        out = self.pg.psql("bucardo", "SELECT inserts, deletes, conflicts, extract(epoch FROM "
+                           "ended - started) FROM bucardo.syncrun WHERE ended IS NOT NULL "
+                           "ORDER BY started")
+        return [tuple(float(x) for x in line.split("|")) for line in out.split()]
+
+    def start(self):
+        """Start the daemon and wait until its kid has finished the run it does at start,
+        so that a measurement begins with Bucardo idle and ready."""
+        self.cli("start")
+        try:
+            H.wait_for(self._alive_mcp, 30, "Bucardo's MCP", 0.1)
+            self.pids |= self._pidfiles()
+            H.wait_for(lambda: self.check_running() or self.runs(), 60,
+                       "Bucardo's first sync run", 0.1)
+        except AssertionError as e:
+            raise BucardoError("Bucardo did not start (%s):\n%s" % (e, self.log_tail()))
+        self.pids |= self._pidfiles()
+
+    def _alive_mcp(self):
+        path = os.path.join(self.run_dir, "bucardo.mcp.pid")
+        try:
+            with open(path) as f:
+                return _alive(int(f.readline().strip()))
+        except (OSError, ValueError):
+            return False
+
+    def check_running(self):
+        if not self._alive_mcp():
+            raise BucardoError("Bucardo's MCP is gone:\n" + self.log_tail())
+
+    def stop(self):
+        """`bucardo stop` (a stop file its processes look for in every loop), then the pids
+        we saw, by pid: SIGTERM, then SIGKILL, to Bucardo processes only."""
+        self.pids |= self._pidfiles()
+        try:
+            self.cli("stop", timeout=30)
+        except (BucardoError, subprocess.TimeoutExpired):
+            pass
+        deadline = time.monotonic() + 15
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):
+            left = [p for p in self.pids if _alive(p) and _is_bucardo(p)]
+            if not left:
+                break
+            if sig is not None:
+                for p in left:
+                    try:
+                        os.kill(p, sig)
+                    except ProcessLookupError:
+                        pass
+                deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and any(_alive(p) for p in left):
+                time.sleep(0.1)
+
+    def log_tail(self, n=25):
+        try:
+            with open(os.path.join(self.log_dir, "log.bucardo"), errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return "(no Bucardo log)"
+
+    def remove(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _alive(pid):
+    """Running (not a zombie waiting for init to reap it)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _is_bucardo(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().startswith(b"Bucardo")
+    except OSError:
+        return False
+
+
+class Rig:
+    """A PostgreSQL server with site1 and site2 (schema applied to both, extra to site1
+    only) and Bucardo installed with the sync; stopped and removed on exit."""
+
+    def __init__(self, schema, extra_site1="", fast_sleeps=False):
+        check_installed()
+        self.pg = H.PgServer(None)
+        self.bc = None
+        try:
+            for db in DBS:
+                self.pg.create_db(db)
+                self.pg.psql(db, schema)
+            if extra_site1:
+                self.pg.psql(DBS[0], extra_site1)
+            self.bc = Bucardo(self.pg)
+            self.bc.install(fast_sleeps)
+            self.bc.add_sync()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bc:
+            self.bc.stop()
+        self.pg.stop()
+        if self.bc:
+            self.bc.remove()
+
+    def count(self, db):
+        return int(self.pg.psql(db, "SELECT count(*) FROM items"))
+
+
+def _connect(pg, db):
+    import psycopg2
+    con = psycopg2.connect("host=127.0.0.1 port=%d user=postgres dbname=%s" % (pg.port, db))
+    con.autocommit = True
+    return con
+
+
+def bench_apply(n, schema, bulk_sql):
+    """Apply rate: n rows bulk-inserted at site1 in one transaction (bulk_sql, the statement
+    the multisite figure uses) while Bucardo runs idle; then
+      e2e: from the commit at site1 until all n rows are visible at site2 (NOTIFY, the MCP
+           and the controller waking the kid, the kid's run), polled every 50 ms as ours;
+      run: the kid's sync run as bucardo.syncrun records it: started to ended of its one
+           transaction over both databases (reading the deltas, COPY out of site1 into site2,
+           commit), i.e. Bucardo's own time moving the rows, without the wake-up.
+    Returns (rows/s over run, rows/s e2e)."""
+    with Rig(schema) as r:
+        r.bc.start()
+        runs0 = len(r.bc.runs())
+        r.pg.psql(DBS[0], bulk_sql(n, 0))
+        t0 = time.monotonic()
+        con = _connect(r.pg, DBS[1])
+        cur = con.cursor()
+
+        def arrived():
+            r.bc.check_running()
+            cur.execute("SELECT 1 FROM items WHERE id = %s", (n - 1,))
+            return cur.fetchone() is not None
+        H.wait_for(arrived, 600, "Bucardo to copy %d rows" % n, 0.05)
+        wall = time.monotonic() - t0
+        con.close()
+        if r.count(DBS[1]) != n:  # the kid commits site2 once: all rows or none
+            raise BucardoError("site2 has %d rows, not %d" % (r.count(DBS[1]), n))
+        H.wait_for(lambda: sum(x[0] for x in r.bc.runs()[runs0:]) >= n, 30,
+                   "Bucardo's syncrun record")
+        run_s = sum(x[3] for x in r.bc.runs()[runs0:] if x[0] > 0)
+        return n / run_s, n / wall
+
+
+def capture_setup(pg, db, table, schema):
+    """Bucardo on an existing server, for the capture figure: its triggers on `table` (made by
+    the caller in db), synced to a second database made here. The daemon is not started: like
+    multisite's agent in that figure, only the triggers count. Returns the Bucardo; the caller
+    stop()s and remove()s it."""
+    check_installed()
+    peer = "bucardo_peer"
+    pg.create_db(peer)
+    pg.psql(peer, schema.replace("TABLE items", "TABLE " + table, 1))
+    bc = Bucardo(pg, (db, peer))
+    try:
+        bc.install()
+        bc.add_sync("public." + table)
+    except BaseException:
+        bc.remove()
+        raise
+    return bc
+
+
+def insert_rounds(port, db, tables, n, rounds=12):
+    """Single-row autocommit inserts through psql, n per round into each table in turn,
+    rounds alternating between the tables so that load on the machine hits all alike; returns
+    the best round's seconds per table (its cost without the interference)."""
+    best = dict.fromkeys(tables, 1e9)
+    for rnd in range(rounds):
+        for tbl in tables:
+            stmts = "".join("INSERT INTO %s VALUES(%d, '%s', 7, 0.5, '%s', '\\x7a7a'::bytea);\n"
+                            % (tbl, i, "x" * 40, "y" * 40) for i in range(rnd * n, (rnd + 1) * n))
+            t0 = time.monotonic()
+            subprocess.run([H.PGBIN + "/psql", "-h", "127.0.0.1", "-p", str(port), "-U",
+                            "postgres", "-d", db, "-q", "-v", "ON_ERROR_STOP=1"], input=stmts,
+                           check=True, stdout=subprocess.DEVNULL, text=True)
+            best[tbl] = min(best[tbl], time.monotonic() - t0)
+    return best
+
+
+class _Poller(threading.Thread):
+    """Watches the receiving database for rows of the sender's id range that a newer
+    transaction made visible (xmin above the last one seen: only Bucardo's kid writes those
+    rows there, one transaction per run) and records when each row value appeared."""
+
+    def __init__(self, pg, db, lo, hi, stop):
+        super().__init__(daemon=True)
+        self.con = _connect(pg, db)
+        self.lo, self.hi, self.stop_ev = lo, hi, stop
+        self.seen = {}  # id -> ([c values], [time first seen]); c grows per id
+        self.error = None
+
+    def run(self):
+        try:
+            cur = self.con.cursor()
+            last = 0
+            while not self.stop_ev.is_set():
+                cur.execute("SELECT id, c, xmin::text::bigint FROM items WHERE id BETWEEN %s "
+                            "AND %s AND xmin::text::bigint > %s", (self.lo, self.hi, last))
+                now = time.time()
+                for i, c, x in cur.fetchall():
+                    cs, ts = self.seen.setdefault(i, ([], []))
+                    if not cs or c > cs[-1]:
+                        cs.append(c)
+                        ts.append(now)
+                    last = max(last, x)
+                time.sleep(LAG_POLL_S)
+        except Exception as e:  # reported by the caller, which checks error
+            self.error = e
+        finally:
+            self.con.close()
+
+    def visible_at(self, i, c):
+        """When the write (i, c) or a later one to row i became visible; None if not yet."""
+        cs, ts = self.seen.get(i, ((), ()))
+        k = bisect.bisect_left(cs, c)
+        return ts[k] if k < len(cs) else None
+
+
+def bench_lag(seconds, rate, schema, bulk_sql, fast_sleeps=False, nconn=8):
+    """Lag at `rate` updates/s at each of the two databases (the multisite lag workload: 5,000
+    rows per site, each site updating its own rows, spread over nconn autocommit connections).
+    Each update writes the wall-clock time into column c; a poller at the other database (every
+    LAG_POLL_S, which adds up to that much to each sample) notes when it sees the value. A
+    sample is from the return of the update's commit to the first poll that sees it or a later
+    value of the row (Bucardo copies a row's latest value only). Returns (p99 ms, p50 ms,
+    achieved updates/s per site)."""
+    with Rig(schema, fast_sleeps=fast_sleeps) as r:
+        base = {DBS[0]: 100000, DBS[1]: 200000}
+        for db in DBS:
+            r.pg.psql(db, bulk_sql(5000, base[db]))
+        r.bc.start()
+        H.wait_for(lambda: r.count(DBS[0]) == r.count(DBS[1]) == 10000, 120,
+                   "Bucardo's initial copy")
+        stop = threading.Event()
+        stop_poll = threading.Event()
+        pollers = {DBS[0]: _Poller(r.pg, DBS[1], base[DBS[0]], base[DBS[0]] + 4999, stop_poll),
+                   DBS[1]: _Poller(r.pg, DBS[0], base[DBS[1]], base[DBS[1]] + 4999, stop_poll)}
+        writes = {db: [] for db in DBS}
+        errors = []
+
+        def writer(db, k):
+            import random
+            rnd = random.Random(k)
+            out = []
+            try:
+                con = _connect(r.pg, db)
+                cur = con.cursor()
+                t_next = time.monotonic()
+                i = 0
+                while not stop.is_set():
+                    row = base[db] + rnd.randrange(5000)
+                    c = time.time()
+                    cur.execute("UPDATE items SET a = %s, b = %s, c = %s WHERE id = %s",
+                                ("w%d" % i, i, c, row))
+                    out.append((row, c, time.time()))
+                    i += 1
+                    t_next += nconn / rate
+                    dt = t_next - time.monotonic()
+                    if dt > 0:
+                        time.sleep(dt)
+                con.close()
+            except Exception as e:
+                errors.append(e)
+            writes[db].extend(out)  # list.extend is atomic under the GIL
+
+        for p in pollers.values():
+            p.start()
+        ts = [threading.Thread(target=writer, args=(db, i * nconn + j))
+              for i, db in enumerate(DBS) for j in range(nconn)]
+        t0 = time.monotonic()
+        for t in ts:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in ts:
+            t.join()
+        elapsed = time.monotonic() - t0
+        if errors:
+            raise BucardoError("lag writer failed: %r" % errors[0])
+        last = {db: {} for db in DBS}
+        for db in DBS:
+            for row, c, _ in writes[db]:
+                last[db][row] = max(c, last[db].get(row, 0))
+
+        def all_seen():
+            r.bc.check_running()
+            for p in pollers.values():
+                if p.error:
+                    raise BucardoError("lag poller failed: %r" % p.error)
+            return all(pollers[db].visible_at(row, c) is not None
+                       for db in DBS for row, c in last[db].items())
+        H.wait_for(all_seen, 120, "every update to reach the other database", 0.1)
+        stop_poll.set()
+        for p in pollers.values():
+            p.join()
+        lags = sorted(max(pollers[db].visible_at(row, c) - t_commit, 0.0)
+                      for db in DBS for row, c, t_commit in writes[db])
+        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1000
+        p50 = lags[len(lags) // 2] * 1000
+        achieved = min(len(writes[db]) for db in DBS) / elapsed
+        return p99, p50, achieved
