@@ -372,8 +372,8 @@ def bench_lag(seconds, rate, schema, bulk_sql, fast_sleeps=False, nconn=8):
     Each update writes the wall-clock time into column c; a poller at the other database reads
     the updated rows by key every LAG_POLL_S (which adds up to that much to a sample) and notes
     when it sees the value. A sample is from the return of the update's commit to the first
-    poll that sees it or a later value of the row (Bucardo copies a row's latest value only). Returns (p99 ms, p50 ms,
-    achieved updates/s per site)."""
+    poll that sees it or a later value of the row (Bucardo copies a row's latest value only).
+    Returns (p99 ms, p50 ms, achieved updates/s per site)."""
     with Rig(schema, fast_sleeps=fast_sleeps) as r:
         base = {DBS[0]: 100000, DBS[1]: 200000}
         for db in DBS:
@@ -446,3 +446,59 @@ def bench_lag(seconds, rate, schema, bulk_sql, fast_sleeps=False, nconn=8):
         p50 = lags[len(lags) // 2] * 1000
         achieved = min(len(writes[db]) for db in DBS) / elapsed
         return p99, p50, achieved
+
+
+# The conflict of issue 5's text: the same row changed at both databases while they are apart,
+# in different columns, site 2 first; then site 2 changes another row. Steps: (database index,
+# statement), run in this order with distinct transaction times.
+CONFLICT_STEPS = ((1, "UPDATE items SET b = 42 WHERE id = 1"),
+                  (0, "UPDATE items SET a = 'changed at site 1' WHERE id = 1"),
+                  (1, "UPDATE items SET d = 'changed at site 2' WHERE id = 2"))
+
+
+def _conflict_steps(run_sql):
+    for k, sql in CONFLICT_STEPS:
+        run_sql(k, sql)
+        time.sleep(0.05)
+
+
+def conflict_bucardo(schema, bulk_sql):
+    """The conflict with Bucardo stopped while the changes are made (the databases apart),
+    then started. bucardo_latest makes the database with the newest change anywhere in the
+    table win every conflicting row whole. Returns row 1's (a, b) at site1 and at site2."""
+    with Rig(schema) as r:
+        r.pg.psql(DBS[0], bulk_sql(2, 1))
+        r.bc.start()
+        H.wait_for(lambda: r.count(DBS[1]) == 2, 60, "Bucardo's initial copy")
+        r.bc.stop()
+        _conflict_steps(lambda k, sql: r.pg.psql(DBS[k], sql))
+        r.bc.start()
+
+        def row(db, i, cols):
+            return tuple(r.pg.psql(db, "SELECT %s FROM items WHERE id = %d" % (cols, i))
+                         .strip().split("|"))
+        H.wait_for(lambda: row(DBS[0], 2, "d") == ("changed at site 2",) and
+                   row(DBS[0], 1, "a, b") == row(DBS[1], 1, "a, b"), 60,
+                   "Bucardo to settle the conflict")
+        return row(DBS[0], 1, "a, b"), row(DBS[1], 1, "a, b")
+
+
+def conflict_multisite(cluster, bulk_sql):
+    """The same conflict with multisite-syncd: agents stopped while the changes are made.
+    cluster is a fresh two-site PostgreSQL sync_harness.Cluster. Returns row 1's (a, b) at
+    site 1 and at site 2."""
+    c = cluster
+    try:
+        c.init()
+        c.sites[0].script(bulk_sql(2, 1))
+        c.start()
+        c.wait_synced(60)
+        for s in c.sites:
+            s.stop()
+        _conflict_steps(lambda k, sql: c.sites[k].script(sql))
+        c.start()
+        c.wait_synced(60)
+        return tuple(tuple(str(v) for v in s.sql("SELECT a, b FROM items WHERE id = 1")[0])
+                     for s in c.sites)
+    finally:
+        c.stop()

@@ -3,7 +3,7 @@
 # at 1,000 writes/s per site, capture overhead, consolidated catch-up, convergence runs.
 # Prints the figures as its last lines; exits non-zero when one misses its floor.
 #   MS_BENCH_QUICK=1   short runs (a smoke test, a few minutes)
-#   MS_BENCH_SKIP=apply,lag,capture,catchup,converge
+#   MS_BENCH_SKIP=apply,lag,capture,conflict,catchup,converge
 set -eu
 cd "$(dirname "$0")/.."
 BUILD="${BUILD:-build}"
