@@ -15,11 +15,10 @@
  * change overwrote (conflict detection, see merge.c). cl is the causal length (odd = live).
  *
  * Capture is pure SQL (AFTER triggers), so every writer (sqlite3 CLI, any driver) is
- * captured. The agent's own writes are not: it holds a row in rep_ctx during its apply
- * transaction and the triggers do nothing while that row exists. SQLite has one writer at a
- * time, so no other writer can see rep_ctx non-empty, and seq (assigned inside the write
- * transaction from rep_meta.hlc) increases in commit order: reading seq > cursor never skips
- * a late commit.
+ * captured. The agent's own writes are not: its connection runs with triggers disabled
+ * (SQLITE_DBCONFIG_ENABLE_TRIGGER), so the triggers need no test of their own. SQLite has one
+ * writer at a time, and seq (assigned inside the write transaction from rep_meta.hlc and the
+ * capture log) increases in commit order: reading seq > cursor never skips a late commit.
  *
  * Apply. One transaction per batch: the rows, the conflict and quarantine records, the HLC
  * high-water mark and the cursor rep_inbound(origin) commit together (exactly once). A row
@@ -349,6 +348,9 @@ int sync_sqlite_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t wh
         return MS_EDB;
     }
     sqlite3_busy_handler(s->db, busy_wait, NULL);
+    /* No echo: nothing this connection writes is captured (the agent's applies; init and
+     * fold write only the rep_ tables). Set before any statement is prepared. */
+    sqlite3_db_config(s->db, SQLITE_DBCONFIG_ENABLE_TRIGGER, 0, (int *)NULL);
     /* WAL lets the applications read while the agent applies; NORMAL is durable across
      * application crashes and loses at most the last commits on power loss, like theirs. */
     if (sync_sq_exec(s,
@@ -428,7 +430,7 @@ int sync_sqlite_join(const sync_conf_t *c, const char *src_path, char *why, size
                "INSERT OR REPLACE INTO rep_inbound(origin, applied_seq, applied) VALUES(%lld,"
                " coalesce((SELECT max(v) FROM temp.m), 0), 0);"
                "DELETE FROM rep_peer; DELETE FROM rep_conflict; DELETE FROM rep_quarantine;"
-               "DELETE FROM rep_ctx; UPDATE rep_meta SET site = %u, acked = 0; COMMIT;",
+               "UPDATE rep_meta SET site = %u, acked = 0; COMMIT;",
                (long long)src_site, c->site_id);
     buf_append(&b, "", 1);
     char *msg = NULL;

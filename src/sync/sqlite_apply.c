@@ -408,9 +408,6 @@ int sync_sq_apply(sync_db_t *db, const sync_batch_t *b, sync_apply_res_t *res)
      * compares against them (no local change can commit while we hold the write lock). */
     int rc = sync_sq_fold(s);
     if (rc == 0) {
-        rc = sync_sq_exec(s, "INSERT INTO rep_ctx VALUES(1)");
-    }
-    if (rc == 0) {
         rc = sync_sq_inbound_get(s, b->origin, &applied_seq, &count);
     }
     if (rc == 0 && b->seq_hi > applied_seq) {
@@ -428,9 +425,6 @@ int sync_sq_apply(sync_db_t *db, const sync_batch_t *b, sync_apply_res_t *res)
         }
     } else if (rc == 0) {
         res->entries_skipped = b->nentries;
-    }
-    if (rc == 0) {
-        rc = sync_sq_exec(s, "DELETE FROM rep_ctx");
     }
     if (rc == 0) {
         sync_fault("apply.commit");
@@ -487,9 +481,6 @@ int sync_sq_retry(sync_db_t *db, sync_apply_res_t *res)
             sync_apply_res_t r1 = {0};
             int r = sync_sq_fold(s);
             if (r == 0) {
-                r = sync_sq_exec(s, "INSERT INTO rep_ctx VALUES(1)");
-            }
-            if (r == 0) {
                 /* Try it as a fresh entry; if it fails again apply_entry writes a new
                  * quarantine row, which we then fold back into the old one. */
                 r = apply_entries(s, &msg.u.batch, 0, &r1);
@@ -508,9 +499,6 @@ int sync_sq_retry(sync_db_t *db, sync_apply_res_t *res)
                          "(SELECT max(id) FROM rep_quarantine);",
                          (long long)time_wall_ms(), (long long)q[i].id);
                 r = sync_sq_exec(s, sql);
-            }
-            if (r == 0) {
-                r = sync_sq_exec(s, "DELETE FROM rep_ctx");
             }
             if (r == 0) {
                 r = sync_sq_exec(s, "COMMIT");
