@@ -31,6 +31,7 @@
  * private interface. */
 #include "sync/sqlite_int.h"
 
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -256,11 +257,13 @@ static int sq_status(sync_db_t *db, sync_db_status_t *out)
         p->acked = (uint64_t)q_int(s, sql);
         uint64_t oldest = 0;
         for (size_t k = 0; k < s->nt; k++) {
-            snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"rep_c_%s\" WHERE seq > %lld",
-                     s->t[k].name, (long long)p->acked);
+            snprintf(sql, sizeof(sql),
+                     "SELECT count(*) FROM \"rep_c_%s\" WHERE seq > %lld AND seq > 0", s->t[k].name,
+                     (long long)p->acked);
             p->backlog += (uint64_t)q_int(s, sql);
-            snprintf(sql, sizeof(sql), "SELECT min(seq) FROM \"rep_c_%s\" WHERE seq > %lld",
-                     s->t[k].name, (long long)p->acked);
+            snprintf(sql, sizeof(sql),
+                     "SELECT min(seq) FROM \"rep_c_%s\" WHERE seq > %lld AND seq > 0", s->t[k].name,
+                     (long long)p->acked);
             uint64_t m = (uint64_t)q_int(s, sql);
             if (m && (!oldest || m < oldest)) {
                 oldest = m;
@@ -288,12 +291,107 @@ static int sq_status(sync_db_t *db, sync_db_status_t *out)
     return 0;
 }
 
+/* ---- checkpoints, off the agent's loop ----
+ *
+ * SQLite checkpoints a WAL database from inside a commit once the log passes 1,000 pages
+ * (wal_autocheckpoint): the committing connection copies the pages into the database and
+ * syncs it. In the agent that stalled the poll loop (an apply or a fold) for the length of a
+ * checkpoint, which showed as lag and as apply time. The agent's connection reports its
+ * commits through a WAL hook instead (which replaces the automatic checkpoint), and a thread
+ * with its own connection runs PASSIVE checkpoints: they take no write lock, so neither the
+ * agent nor the applications wait for them. Applications keep their own automatic
+ * checkpoints. */
+
+#define CKPT_PAGES 1000 /* SQLite's default wal_autocheckpoint */
+
+struct sq_ckpt {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool started, want, stop;
+    char *path;
+};
+
+static void *ckpt_main(void *arg)
+{
+    struct sq_ckpt *k = arg;
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(k->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+            SQLITE_OK ||
+        sqlite3_exec(db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL) != SQLITE_OK) {
+        log_warn("checkpointer: cannot open %s: %s; the applications' checkpoints remain", k->path,
+                 db ? sqlite3_errmsg(db) : "out of memory");
+    }
+    pthread_mutex_lock(&k->mu);
+    while (!k->stop) {
+        if (!k->want) {
+            pthread_cond_wait(&k->cv, &k->mu);
+            continue;
+        }
+        k->want = false;
+        pthread_mutex_unlock(&k->mu);
+        int nlog = 0, ndone = 0;
+        int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &nlog, &ndone);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+            static log_ratelimit_t rl = LOG_RATELIMIT_INIT(1, 60000);
+            log_rl(&rl, LOG_LVL_WARN, "checkpoint of %s: %s", k->path, sqlite3_errmsg(db));
+        }
+        /* A reader pinning the log keeps it long; do not spin on it. */
+        struct timespec ts = {0, 20 * 1000000};
+        nanosleep(&ts, NULL);
+        pthread_mutex_lock(&k->mu);
+    }
+    pthread_mutex_unlock(&k->mu);
+    sqlite3_close(db);
+    return NULL;
+}
+
+static int on_wal_commit(void *ctx, sqlite3 *db, const char *name, int pages)
+{
+    (void)db;
+    (void)name;
+    struct sq_ckpt *k = ctx;
+    if (pages < CKPT_PAGES) {
+        return SQLITE_OK;
+    }
+    pthread_mutex_lock(&k->mu);
+    if (!k->started && !k->stop) {
+        k->started = pthread_create(&k->th, NULL, ckpt_main, k) == 0;
+    }
+    k->want = true;
+    pthread_cond_signal(&k->cv);
+    pthread_mutex_unlock(&k->mu);
+    if (!k->started) {
+        sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    }
+    return SQLITE_OK;
+}
+
+static void ckpt_stop(struct sq_ckpt *k)
+{
+    if (!k) {
+        return;
+    }
+    pthread_mutex_lock(&k->mu);
+    k->stop = true;
+    pthread_cond_signal(&k->cv);
+    pthread_mutex_unlock(&k->mu);
+    if (k->started) {
+        pthread_join(k->th, NULL);
+    }
+    pthread_mutex_destroy(&k->mu);
+    pthread_cond_destroy(&k->cv);
+    free(k->path);
+    free(k);
+}
+
 static void sq_close(sync_db_t *db)
 {
     sq_db_t *s = (sq_db_t *)db;
     if (!s) {
         return;
     }
+    ckpt_stop(s->ckpt);
     sync_sq_tables_free(s);
     free(s->floor_sql);
     sqlite3_finalize(s->inb_get);
@@ -335,6 +433,13 @@ static int busy_wait(void *ctx, int n)
 
 int sync_sqlite_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen)
 {
+    /* SQLite counts its allocations under a global mutex unless told not to; the agent never
+     * asks for the count. Only possible before SQLite initialises (the first open). */
+    static bool configured;
+    if (!configured) {
+        sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+        configured = true;
+    }
     sq_db_t *s = xcalloc(1, sizeof(*s));
     s->base.ops = &sq_ops;
     s->base.conf = c;
@@ -360,6 +465,11 @@ int sync_sqlite_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t wh
         sq_close(&s->base);
         return MS_EDB;
     }
+    s->ckpt = xcalloc(1, sizeof(*s->ckpt));
+    pthread_mutex_init(&s->ckpt->mu, NULL);
+    pthread_cond_init(&s->ckpt->cv, NULL);
+    s->ckpt->path = xstrdup(c->database);
+    sqlite3_wal_hook(s->db, on_wal_commit, s->ckpt);
     *out = &s->base;
     return 0;
 }
@@ -419,7 +529,7 @@ int sync_sqlite_join(const sync_conf_t *c, const char *src_path, char *why, size
         while (sqlite3_step(tl) == SQLITE_ROW) {
             const char *t = (const char *)sqlite3_column_text(tl, 0);
             buf_printf(&b,
-                       "INSERT INTO temp.m SELECT max(seq) FROM \"rep_c_%s\";"
+                       "INSERT INTO temp.m SELECT max(seq) FROM \"rep_c_%s\" WHERE seq > 0;"
                        "UPDATE \"rep_c_%s\" SET seq = 0, mask = 0 WHERE seq != 0;"
                        "DELETE FROM \"rep_l_%s\";",
                        t, t, t);

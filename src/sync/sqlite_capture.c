@@ -165,10 +165,13 @@ static int ensure_clock(sq_db_t *s, const sq_table_t *t, char **decl)
     buf_printf(&b, "seq INTEGER NOT NULL, mask INTEGER NOT NULL, cl INTEGER NOT NULL,"
                    " clh INTEGER NOT NULL, cls INTEGER NOT NULL, PRIMARY KEY(");
     sync_sq_pk_list(&b, t, "");
+    /* The position index holds only rows changed here (seq > 0): a row that only ever
+     * arrived from peers costs no index entry, which is most of an initial copy. Queries by
+     * position say seq > 0 so that the planner can use it. */
     buf_printf(&b,
-               ")) WITHOUT ROWID; CREATE INDEX IF NOT EXISTS \"rep_c_%s_seq\" ON "
-               "\"rep_c_%s\"(seq);",
-               t->name, t->name);
+               ")) WITHOUT ROWID; DROP INDEX IF EXISTS \"rep_c_%s_seq\";"
+               "CREATE INDEX IF NOT EXISTS \"rep_c_%s_pos\" ON \"rep_c_%s\"(seq) WHERE seq > 0;",
+               t->name, t->name, t->name);
     /* The capture log: the triggers only append here (one page, the rightmost), and the
      * agent folds it into rep_c_T (see sync_sq_fold()). */
     buf_printf(&b, "CREATE TABLE IF NOT EXISTS \"rep_l_%s\"(seq INTEGER PRIMARY KEY", t->name);
@@ -327,7 +330,7 @@ static int install_table(sq_db_t *s, sq_table_t *t)
             buf_reset(&b);
             buf_printf(&b,
                        "UPDATE rep_meta SET hlc = max(hlc, coalesce((SELECT max(seq) FROM "
-                       "\"rep_c_%s\"), 0))",
+                       "\"rep_c_%s\" WHERE seq > 0), 0))",
                        t->name);
             rc = sync_sq_exec(s, sync_sq_cstr(&b));
         }
@@ -375,7 +378,7 @@ static int prepare_table(sq_db_t *s, sq_table_t *t)
     }
     buf_printf(&b, " FROM \"rep_c_%s\" c LEFT JOIN \"%s\" t ON ", t->name, t->name);
     sync_sq_pk_where(&b, t, "t.", "c.");
-    buf_printf(&b, " WHERE c.seq > ?1 ORDER BY c.seq LIMIT ?2");
+    buf_printf(&b, " WHERE c.seq > ?1 AND c.seq > 0 ORDER BY c.seq LIMIT ?2");
     t->read = sync_sq_prep(s, sync_sq_cstr(&b));
     /* clock get / put */
     buf_reset(&b);
