@@ -30,6 +30,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define WINDOW            2 /* batches in flight: more only queues changes behind each other */
@@ -827,6 +828,23 @@ int sync_cmd_join(const sync_conf_t *c, const char *from)
     return rc;
 }
 
+/* Attach, waiting out a database that is busy (an application holding the write lock, a
+ * stalled disk) for longer than the busy handler does: at start that is no reason to exit,
+ * and a supervisor restarting us would only wait the same way. why is 512 bytes. */
+static int attach_wait(sync_db_t *db, char *why)
+{
+    int rc;
+    unsigned tries = 0;
+    while ((rc = db->ops->attach(db, why, 512)) == MS_EAGAIN) {
+        if (tries++ % 10 == 0) {
+            log_warn("%s; waiting for the database", why);
+        }
+        struct timespec ts = {0, 200 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return rc;
+}
+
 int sync_cmd_run(const sync_conf_t *c)
 {
     agent_t *a = xcalloc(1, sizeof(*a));
@@ -835,8 +853,7 @@ int sync_cmd_run(const sync_conf_t *c)
     a->c = c;
     a->lfd = a->sfd = -1;
     if (sync_key_load(c->key_file, &a->key, why, sizeof(why)) != 0 ||
-        sync_db_open(c, &a->db, why, sizeof(why)) != 0 ||
-        a->db->ops->attach(a->db, why, sizeof(why)) != 0) {
+        sync_db_open(c, &a->db, why, sizeof(why)) != 0 || attach_wait(a->db, why) != 0) {
         log_err("%s", why);
         goto out;
     }

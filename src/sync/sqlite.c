@@ -38,7 +38,9 @@
 int sync_sq_why_db(sq_db_t *s, char *why, size_t whylen, const char *what)
 {
     snprintf(why, whylen, "%s: %s", what, sqlite3_errmsg(s->db));
-    return MS_EDB;
+    /* Busy past the busy handler's patience: worth trying again, unlike other errors. */
+    int ec = sqlite3_errcode(s->db);
+    return ec == SQLITE_BUSY || ec == SQLITE_LOCKED ? MS_EAGAIN : MS_EDB;
 }
 
 int sync_sq_exec(sq_db_t *s, const char *sql)
