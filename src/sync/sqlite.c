@@ -401,6 +401,8 @@ static void sq_close(sync_db_t *db)
     sqlite3_finalize(s->conflict_ins);
     sqlite3_finalize(s->quar_ins);
     sqlite3_finalize(s->hlc_bump);
+    sqlite3_finalize(s->data_ver);
+    sqlite3_finalize(s->acked_get);
     sqlite3_close_v2(s->db);
     free(s);
 }

@@ -35,6 +35,7 @@ static void table_free(sq_table_t *t)
     sqlite3_finalize(t->clk_upd);
     sqlite3_finalize(t->log_sel);
     sqlite3_finalize(t->log_del);
+    sqlite3_finalize(t->log_any);
     sqlite3_finalize(t->row_get);
     sqlite3_finalize(t->row_del);
     memset(t, 0, sizeof(*t));
@@ -440,9 +441,12 @@ static int prepare_table(sq_db_t *s, sq_table_t *t)
     buf_reset(&b);
     buf_printf(&b, "DELETE FROM \"rep_l_%s\" WHERE seq <= ?1", t->name);
     t->log_del = sync_sq_prep(s, sync_sq_cstr(&b));
+    buf_reset(&b);
+    buf_printf(&b, "SELECT 1 FROM \"rep_l_%s\" LIMIT 1", t->name);
+    t->log_any = sync_sq_prep(s, sync_sq_cstr(&b));
     buf_deinit(&b);
     return t->read && t->clk_get && t->clk_put && t->clk_upd && t->log_sel && t->log_del &&
-                   t->row_get && t->row_del
+                   t->log_any && t->row_get && t->row_del
                ? 0
                : MS_EDB;
 }
@@ -461,7 +465,12 @@ static int prepare_common(sq_db_t *s)
                         " attempts, first_ms, last_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 1,"
                         " ?8, ?8)");
     s->hlc_bump = sync_sq_prep(s, "UPDATE rep_meta SET hlc = max(hlc, ?1)");
-    return s->inb_get && s->inb_put && s->conflict_ins && s->quar_ins && s->hlc_bump ? 0 : MS_EDB;
+    s->data_ver = sync_sq_prep(s, "PRAGMA data_version");
+    s->acked_get = sync_sq_prep(s, "SELECT acked FROM rep_meta");
+    return s->inb_get && s->inb_put && s->conflict_ins && s->quar_ins && s->hlc_bump &&
+                   s->data_ver && s->acked_get
+               ? 0
+               : MS_EDB;
 }
 
 void sync_sq_tables_free(sq_db_t *s)
@@ -594,13 +603,13 @@ int sync_sq_attach(sync_db_t *db, char *why, size_t whylen)
 bool sync_sq_changed(sync_db_t *db)
 {
     sq_db_t *s = (sq_db_t *)db;
-    sqlite3_stmt *st = NULL;
+    sqlite3_stmt *st = s->data_ver;
     int64_t v = -1;
-    if (sqlite3_prepare_v2(s->db, "PRAGMA data_version", -1, &st, NULL) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW) {
+    sqlite3_reset(st);
+    if (st && sqlite3_step(st) == SQLITE_ROW) {
         v = sqlite3_column_int64(st, 0);
     }
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
     if (v != s->data_version) {
         s->data_version = v;
         int sv = schema_version(s);
@@ -631,12 +640,20 @@ int sync_sq_fold(sq_db_t *s)
 {
     int64_t acked = 0;
     uint64_t maxseq = 0;
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(s->db, "SELECT acked FROM rep_meta", -1, &st, NULL) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW) {
+    /* init folds before the common statements exist (a refresh after ALTER TABLE) */
+    sqlite3_stmt *st = s->acked_get;
+    if (!st) {
+        sqlite3_prepare_v2(s->db, "SELECT acked FROM rep_meta", -1, &st, NULL);
+    }
+    sqlite3_reset(st);
+    if (st && sqlite3_step(st) == SQLITE_ROW) {
         acked = sqlite3_column_int64(st, 0);
     }
-    sqlite3_finalize(st);
+    if (st != s->acked_get) {
+        sqlite3_finalize(st);
+    } else {
+        sqlite3_reset(st);
+    }
     arena_t *a = arena_new(4096);
     int rc = 0;
     for (size_t ti = 0; rc == 0 && ti < s->nt; ti++) {
@@ -708,6 +725,18 @@ int sync_sq_fold(sq_db_t *s)
 /* Fold in a transaction of its own (when the agent is about to read or report). */
 int sync_sq_fold_txn(sq_db_t *s)
 {
+    /* The write lock is what the applications' commits and the agent's applies wait for:
+     * take it only when there is something to fold (an apply folds too, so after one the
+     * log is often empty already). A commit landing after this look is folded next time. */
+    bool any = false;
+    for (size_t i = 0; i < s->nt && !any; i++) {
+        sqlite3_reset(s->t[i].log_any);
+        any = sqlite3_step(s->t[i].log_any) != SQLITE_DONE;
+        sqlite3_reset(s->t[i].log_any);
+    }
+    if (!any) {
+        return 0;
+    }
     if (sync_sq_exec(s, "BEGIN IMMEDIATE") != 0) {
         return MS_EDB;
     }

@@ -13,7 +13,8 @@ typedef struct {
     char **cols; /* npk pk names (pk order), then value columns sorted by name */
     sync_wtable_t w;
     uint8_t fp[16];
-    sqlite3_stmt *read, *clk_get, *clk_put, *clk_upd, *row_get, *row_del, *log_sel, *log_del;
+    sqlite3_stmt *read, *clk_get, *clk_put, *clk_upd, *row_get, *row_del, *log_sel, *log_del,
+        *log_any;
 } sq_table_t;
 
 typedef struct {
@@ -26,7 +27,7 @@ typedef struct {
     uint32_t site;
     char *floor_sql;      /* the capture triggers' position expression, over every table's log */
     struct sq_ckpt *ckpt; /* the checkpointer thread (sqlite.c) */
-    sqlite3_stmt *inb_get, *inb_put, *conflict_ins, *quar_ins, *hlc_bump;
+    sqlite3_stmt *inb_get, *inb_put, *conflict_ins, *quar_ins, *hlc_bump, *data_ver, *acked_get;
 } sq_db_t;
 
 /* One row of a change table rep_c_T (the row's clock), as read or to be written. */
