@@ -4,6 +4,8 @@
  *   multisite-syncd -c FILE init           install change capture for the configured tables
  *   multisite-syncd -c FILE join --from DB make this (new) site a copy of a running site's DB
  *   multisite-syncd -c FILE status [--json]
+ *   multisite-syncd -c FILE remove-peer ID     forget a peer for good (no longer in sync.peers)
+ *   multisite-syncd -c FILE readmit-peer ID    stop refusing a peer that re-joined
  *   multisite-syncd keygen                 print a new pre-shared key
  *   multisite-syncd --help-config          the `sync:` options */
 #include "sync/sync.h"
@@ -13,14 +15,15 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: multisite-syncd -c FILE [run | init | status [--json] | join --from DB]\n"
+    fprintf(f, "usage: multisite-syncd -c FILE [run | init | status [--json] | join --from DB |\n"
+               "                                 remove-peer ID | readmit-peer ID]\n"
                "       multisite-syncd keygen\n"
                "       multisite-syncd --help-config | --version\n");
 }
 
 int main(int argc, char **argv)
 {
-    const char *conf_path = NULL, *cmd = "run", *from = NULL;
+    const char *conf_path = NULL, *cmd = "run", *from = NULL, *arg = NULL;
     bool json = false, have_cmd = false;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
@@ -41,6 +44,9 @@ int main(int argc, char **argv)
         } else if (!have_cmd && argv[i][0] != '-') {
             cmd = argv[i];
             have_cmd = true;
+        } else if (have_cmd && !arg && argv[i][0] != '-' &&
+                   (strcmp(cmd, "remove-peer") == 0 || strcmp(cmd, "readmit-peer") == 0)) {
+            arg = argv[i];
         } else {
             usage(stderr);
             return 2;
@@ -50,7 +56,8 @@ int main(int argc, char **argv)
         return sync_cmd_keygen(stdout) == 0 ? 0 : 1;
     }
     if (strcmp(cmd, "run") != 0 && strcmp(cmd, "init") != 0 && strcmp(cmd, "status") != 0 &&
-        strcmp(cmd, "join") != 0) {
+        strcmp(cmd, "join") != 0 && strcmp(cmd, "remove-peer") != 0 &&
+        strcmp(cmd, "readmit-peer") != 0) {
         usage(stderr);
         return 2;
     }
@@ -75,6 +82,10 @@ int main(int argc, char **argv)
         } else {
             rc = sync_cmd_join(c, from);
         }
+    } else if (strcmp(cmd, "remove-peer") == 0) {
+        rc = sync_cmd_remove_peer(c, arg);
+    } else if (strcmp(cmd, "readmit-peer") == 0) {
+        rc = sync_cmd_readmit_peer(c, arg);
     } else if (strcmp(cmd, "status") == 0) {
         rc = sync_cmd_status(c, json, stdout);
     } else {

@@ -26,7 +26,8 @@ static int parse_bool(const char *s, bool *out)
     return MS_EINVAL;
 }
 
-/* "250ms", "2s", "1.5s" not allowed (keep it exact), "3m", "1h"; a bare number is seconds. */
+/* "250ms", "2s", "1.5s" not allowed (keep it exact), "3m", "1h", "7d"; a bare number is
+ * seconds. */
 static int parse_duration(const char *s, uint64_t *ms)
 {
     char num[32];
@@ -50,6 +51,8 @@ static int parse_duration(const char *s, uint64_t *ms)
         mult = 60000;
     } else if (strcmp(unit, "h") == 0) {
         mult = 3600000;
+    } else if (strcmp(unit, "d") == 0) {
+        mult = 86400000;
     } else {
         return MS_EINVAL;
     }

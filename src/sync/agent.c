@@ -38,6 +38,7 @@
 #define DEAD_MS           30000  /* an apply of a big window may take seconds */
 #define LAG_SAMPLES       131072 /* over 2 min at 1,000 changes/s */
 #define MAX_CONNS         256
+#define ERR_REJOIN        2 /* ERROR code: the receiver must re-join (docs/sync.md §9) */
 
 enum { ST_CONNECTING, ST_HS, ST_HELLO, ST_READY };
 static const char *const st_names[] = {"connecting", "handshake", "hello", "ready"};
@@ -70,6 +71,10 @@ struct peer {
     uint32_t lag[LAG_SAMPLES];
     size_t nlag, lag_pos;
     uint64_t last_lag_ms;
+    uint64_t last_ok_ms;  /* monotonic: last seen taking our changes (or our start) */
+    uint64_t rejoin_ms;   /* we marked it must-rejoin then (wall ms; persisted), 0 = not */
+    char rejoin_why[200]; /* why we marked it */
+    char refused[256];    /* it refuses us: its ERROR text (we must re-join), "" = no */
 };
 
 typedef struct {
@@ -80,7 +85,7 @@ typedef struct {
     peer_t *peers;
     conn_t *conns[MAX_CONNS];
     size_t nconns;
-    uint64_t next_retry_ms;
+    uint64_t next_retry_ms, next_life_ms, next_purge_ms;
     uint64_t bad_msgs;
     uint32_t prio[65536];
 } agent_t;
@@ -236,6 +241,118 @@ static void check_schema(agent_t *a, peer_t *p, const sync_hello_t *h)
     }
 }
 
+/* ---- site lifecycle (docs/sync.md §9) ---- */
+
+static int conn_write(conn_t *k);
+
+/* Copy text for a JSON string and a log line: no quotes, backslashes or control bytes. */
+static void json_safe(char *out, size_t n, const char *in)
+{
+    size_t i = 0;
+    for (; in[i] && i + 1 < n; i++) {
+        unsigned char ch = (unsigned char)in[i];
+        out[i] = ch == '"' || ch == '\\' || ch < 0x20 || ch == 0x7f ? '\'' : (char)ch;
+    }
+    out[i] = '\0';
+}
+
+/* Tell a peer marked must-rejoin why it is refused, and close. Never a partial stream. */
+static void refuse(agent_t *a, conn_t *k)
+{
+    peer_t *p = k->peer;
+    char when[32], text[512]; /* the wire carries the first 255 bytes */
+    time_t t = (time_t)(p->rejoin_ms / 1000);
+    struct tm tm;
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    snprintf(text, sizeof(text),
+             "re-join required: site %s keeps no changes for site %s since %s (%s); join it again "
+             "from a running site, then run readmit-peer %u at %s",
+             a->c->site, p->conf->name, when, p->rejoin_why, p->conf->id, a->c->site);
+    static log_ratelimit_t rl = LOG_RATELIMIT_INIT(5, 60000);
+    log_rl(&rl, LOG_LVL_ERR, "refusing site %s: %s", p->conf->name, text);
+    if (k->state != ST_CONNECTING) {
+        buf_reset(&k->msg);
+        sync_enc_error(&k->msg, ERR_REJOIN, text);
+        send_msg(k);
+        (void)conn_write(k); /* best effort: a few hundred bytes into an idle socket */
+    }
+    conn_close(a, k, NULL);
+}
+
+/* A peer whose oldest unacknowledged change is older than max_peer_offline, and that has not
+ * taken our changes for that long while this agent was up, is marked must-rejoin (persisted):
+ * from then on it holds nothing back here and is refused. Time this agent was down does not
+ * count against the peers, and a peer that refuses us is not marked: we are the one to
+ * re-join. */
+static void check_backlog(agent_t *a, peer_t *p, uint64_t now, uint64_t wall)
+{
+    uint64_t since = 0, oldest = 0;
+    char why[sizeof(p->rejoin_why)];
+    if (a->db->ops->peer_get(a->db, p->conf->id, &since, why, sizeof(why)) != 0) {
+        return;
+    }
+    if (!since && p->rejoin_ms) {
+        log_info("site %s was re-admitted (readmit-peer): it is no longer refused", p->conf->name);
+    }
+    p->rejoin_ms = since;
+    json_safe(p->rejoin_why, sizeof(p->rejoin_why), why);
+    if (p->out && p->out->state == ST_READY) {
+        p->last_ok_ms = now;
+    }
+    if (since || p->refused[0] || !a->c->max_peer_offline_ms ||
+        now - p->last_ok_ms <= a->c->max_peer_offline_ms ||
+        a->db->ops->oldest(a->db, p->conf->id, &oldest) != 0 ||
+        !sync_backlog_exceeded(oldest, wall, a->c->max_peer_offline_ms)) {
+        return;
+    }
+    snprintf(why, sizeof(why), "oldest unacknowledged change %llu s old > max_peer_offline %u s",
+             (unsigned long long)((wall - oldest) / 1000), a->c->max_peer_offline_ms / 1000);
+    if (a->db->ops->peer_mark(a->db, p->conf->id, why) != 0) {
+        log_warn("cannot mark site %s must-rejoin", p->conf->name);
+        return;
+    }
+    p->rejoin_ms = wall;
+    json_safe(p->rejoin_why, sizeof(p->rejoin_why), why);
+    static log_ratelimit_t rl = LOG_RATELIMIT_INIT(5, 60000);
+    log_rl(&rl, LOG_LVL_ERR,
+           "site %s must re-join: %s; its backlog is no longer kept and it will be refused",
+           p->conf->name, why);
+    if (p->out) {
+        refuse(a, p->out);
+    }
+    if (p->in) {
+        refuse(a, p->in);
+    }
+}
+
+/* Every few seconds: the backlog limit (also picks up a readmit-peer done while running) and
+ * tombstone clean-up, whose horizon keeps max_clock_skew in hand so that every site counts a
+ * tombstone as expired before any site purges it. */
+static void life_tick(agent_t *a, uint64_t now)
+{
+    const sync_conf_t *c = a->c;
+    uint64_t wall = time_wall_ms();
+    if (now >= a->next_life_ms) {
+        a->next_life_ms =
+            now + (c->max_peer_offline_ms && c->max_peer_offline_ms < 60000 ? 1000 : 10000);
+        for (size_t i = 0; i < c->npeers; i++) {
+            check_backlog(a, &a->peers[i], now, wall);
+        }
+    }
+    if (c->tombstone_retention_ms && now >= a->next_purge_ms) {
+        unsigned every = c->tombstone_retention_ms / 10;
+        a->next_purge_ms = now + (every < 1000 ? 1000 : every > 60000 ? 60000 : every);
+        uint64_t n = 0;
+        uint64_t h = sync_gc_horizon(wall - c->max_clock_skew_ms, c->tombstone_retention_ms);
+        if (a->db->ops->purge(a->db, h, &n) != 0) {
+            log_warn("purging tombstones failed");
+        } else if (n) {
+            log_info("purged %llu tombstone(s) of deletes older than tombstone_retention (%u s)",
+                     (unsigned long long)n, c->tombstone_retention_ms / 1000);
+        }
+    }
+}
+
 static int on_hs(agent_t *a, conn_t *k)
 {
     uint32_t site;
@@ -252,6 +369,10 @@ static int on_hs(agent_t *a, conn_t *k)
         }
         k->peer = p;
         buf_append(&k->out, sync_chan_hs(k->ch), SYNC_HS_LEN);
+        if (p->rejoin_ms) {
+            refuse(a, k);
+            return MS_EAUTH;
+        }
     } else if (site != k->peer->conf->id) {
         log_warn("site %s answered with site id %u, expected %u", k->peer->conf->name, site,
                  k->peer->conf->id);
@@ -306,6 +427,12 @@ static int on_msg(agent_t *a, conn_t *k, const uint8_t *data, size_t len)
         goto out;
     }
     rc = MS_EPARSE;
+    if (m->type == SYNC_MSG_ERROR && m->u.error.code == ERR_REJOIN) {
+        static log_ratelimit_t rl = LOG_RATELIMIT_INIT(5, 60000);
+        json_safe(p->refused, sizeof(p->refused), m->u.error.text);
+        log_rl(&rl, LOG_LVL_ERR, "site %s refuses this site: %s", p->conf->name, p->refused);
+        goto out;
+    }
     if (m->type == SYNC_MSG_ERROR) {
         log_warn("site %s reports an error: %s", p->conf->name, m->u.error.text);
         goto out;
@@ -345,6 +472,7 @@ static int on_msg(agent_t *a, conn_t *k, const uint8_t *data, size_t len)
             p->inflight = 0;
             p->more = true;
             p->backoff_ms = 100;
+            p->refused[0] = '\0';
             log_info("pushing changes to site %s from position %llu", p->conf->name,
                      (unsigned long long)p->sent);
         }
@@ -594,11 +722,20 @@ static void status_json(const sync_conf_t *c, agent_t *a, sync_db_t *db, buf_t *
             lag_pct(p, &p50, &p99);
         }
         uint64_t lag = pd && pd->oldest_ms && now > pd->oldest_ms ? now - pd->oldest_ms : 0;
+        uint64_t since = p ? p->rejoin_ms : 0;
+        char why[200] = "";
+        if (p) {
+            snprintf(why, sizeof(why), "%s", p->rejoin_why);
+        } else if (db->ops->peer_get(db, pc->id, &since, why, sizeof(why)) == 0) {
+            json_safe(why, sizeof(why), why);
+        }
         buf_printf(o,
                    "%s{\"name\":\"%s\",\"id\":%u,\"out\":\"%s\",\"in\":\"%s\","
                    "\"acked\":%llu,\"backlog\":%llu,\"lag_ms\":%llu,\"applied_seq\":%llu,"
                    "\"applied\":%llu,\"recv_lag_p50_ms\":%u,\"recv_lag_p99_ms\":%u,"
-                   "\"rows_sent\":%llu,\"rows_applied\":%llu,\"apply_ms\":%llu,\"schema\":\"%s\"}",
+                   "\"rows_sent\":%llu,\"rows_applied\":%llu,\"apply_ms\":%llu,\"schema\":\"%s\","
+                   "\"must_rejoin\":%s,\"rejoin_since_ms\":%llu,\"rejoin_reason\":\"%s\","
+                   "\"refuses_us\":\"%s\"}",
                    i ? "," : "", pc->name, pc->id, p && p->out ? st_names[p->out->state] : "down",
                    p && p->in ? st_names[p->in->state] : "down",
                    (unsigned long long)(pd ? pd->acked : 0),
@@ -608,7 +745,8 @@ static void status_json(const sync_conf_t *c, agent_t *a, sync_db_t *db, buf_t *
                    (unsigned long long)(p ? p->rows_sent : 0),
                    (unsigned long long)(p ? p->rows_applied : 0),
                    (unsigned long long)(p ? p->apply_ns / 1000000 : 0),
-                   p && p->schema_differs ? "differs" : "same");
+                   p && p->schema_differs ? "differs" : "same", since ? "true" : "false",
+                   (unsigned long long)since, since ? why : "", p ? p->refused : "");
     }
     buf_printf(o, "]}\n");
     free(st);
@@ -756,7 +894,7 @@ static void loop_once(agent_t *a)
     bool dirty = a->db->ops->changed(a->db);
     for (size_t i = 0; i < a->c->npeers; i++) {
         peer_t *p = &a->peers[i];
-        if (!p->out && now >= p->next_dial_ms) {
+        if (!p->out && !p->rejoin_ms && now >= p->next_dial_ms) {
             dial(a, p);
         }
         if (dirty) {
@@ -775,6 +913,7 @@ static void loop_once(agent_t *a)
         }
         a->next_retry_ms = now + 1000;
     }
+    life_tick(a, now);
     conn_sweep(a);
 }
 
@@ -872,7 +1011,9 @@ int sync_cmd_run(const sync_conf_t *c)
     for (size_t i = 0; i < c->npeers; i++) {
         a->peers[i].conf = &c->peers[i];
         a->peers[i].backoff_ms = 100;
+        a->peers[i].last_ok_ms = time_mono_ms();
     }
+    life_tick(a, time_mono_ms()); /* the must-rejoin marks, before any peer is served */
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
@@ -958,6 +1099,24 @@ static const char *jget(const char *s, const char *key, char *out, size_t n)
     return out;
 }
 
+/* The lifecycle lines under the peer table: who must re-join, and why. */
+static void print_rejoin(const char *s, FILE *f)
+{
+    const char *p = strstr(s, "\"peers\":[");
+    while (p && (p = strstr(p, "{\"name\":")) != NULL) {
+        char name[64], v[8], why[300];
+        jget(p, "name", name, sizeof(name));
+        if (strcmp(jget(p, "must_rejoin", v, sizeof(v)), "true") == 0) {
+            fprintf(f, "peer %s must re-join (refused here, its backlog is not kept): %s\n", name,
+                    jget(p, "rejoin_reason", why, sizeof(why)));
+        }
+        if (*jget(p, "refuses_us", why, sizeof(why))) {
+            fprintf(f, "peer %s refuses this site, which must re-join: %s\n", name, why);
+        }
+        p++;
+    }
+}
+
 int sync_cmd_status(const sync_conf_t *c, bool json, FILE *f)
 {
     buf_t o;
@@ -1001,6 +1160,7 @@ int sync_cmd_status(const sync_conf_t *c, bool json, FILE *f)
                     jget(p, "applied", w[6], 64), jget(p, "recv_lag_p99_ms", w[7], 64));
             p++;
         }
+        print_rejoin(s, f);
     }
     buf_deinit(&o);
     return 0;

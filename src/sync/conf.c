@@ -35,6 +35,14 @@ static const conf_opt_t sync_schema[] = {
     {"priority", CONF_T_UINT, O(priority), 0, 1000, "0", NULL,
      "this site's priority (resolution: priority)"},
     {"log_level", CONF_T_ENUM, O(log_level), 0, 0, "info", conf_log_levels, "log verbosity"},
+    /* 30 days is the most an unsigned millisecond field holds with a margin (49 days). */
+    {"max_peer_offline", CONF_T_DURATION, O(max_peer_offline_ms), 0, 30 * 86400000u, "7d", NULL,
+     "a peer whose oldest unacknowledged change is older than this must re-join (its backlog "
+     "is no longer kept); 0 = keep backlog forever"},
+    {"tombstone_retention", CONF_T_DURATION, O(tombstone_retention_ms), 0, 30 * 86400000u, "7d",
+     NULL,
+     "a deleted row's tombstone is purged once every peer acknowledged it and it is older than "
+     "this; at least max_peer_offline; 0 = keep tombstones forever"},
     {"peers", CONF_T_CUSTOM, 0, 0, 0, NULL, NULL, "list of {name, id, address, priority}"},
 };
 #undef O
@@ -100,6 +108,30 @@ static int load_peers(sync_conf_t *c, const conf_node_t *n, conf_err_t *err)
     return 0;
 }
 
+/* Purging a tombstone is safe only if a peer that has not seen the delete by then must re-join
+ * (docs/sync.md §9): the retention may not be shorter than the backlog limit. */
+static int check_retention(const sync_conf_t *c, const conf_node_t *s, conf_err_t *err)
+{
+    if (c->tombstone_retention_ms == 0) {
+        return 0;
+    }
+    const conf_node_t *n = conf_map_get(s, "tombstone_retention");
+    if (c->max_peer_offline_ms == 0) {
+        conf_errf(err, n ? n : s,
+                  "sync.tombstone_retention: needs a max_peer_offline limit (0 = unlimited keeps "
+                  "backlog forever, so tombstones must be kept forever too: set 0)");
+        return MS_ECONF;
+    }
+    if (c->tombstone_retention_ms < c->max_peer_offline_ms) {
+        conf_errf(err, n ? n : s,
+                  "sync.tombstone_retention: %ums is shorter than max_peer_offline (%ums): a peer "
+                  "offline in between could bring a purged row back",
+                  c->tombstone_retention_ms, c->max_peer_offline_ms);
+        return MS_ECONF;
+    }
+    return 0;
+}
+
 int sync_conf_load(const char *path, sync_conf_t **out, conf_err_t *err)
 {
     conf_doc_t *doc = NULL;
@@ -140,6 +172,9 @@ int sync_conf_load(const char *path, sync_conf_t **out, conf_err_t *err)
         }
     }
     if (load_peers(c, conf_map_get(s, "peers"), err) != 0) {
+        goto fail;
+    }
+    if (check_retention(c, s, err) != 0) {
         goto fail;
     }
     if (!c->status_socket) {

@@ -213,6 +213,33 @@ typedef struct {
 sync_col_decision_t sync_decide_col(const sync_rules_t *r, sync_ver_t local, sync_ver_t remote,
                                     sync_ver_t base, uint32_t origin);
 
+/* Tombstone clean-up (docs/sync.md §9). A tombstone whose delete is older than the horizon
+ * (now - tombstone_retention) counts as absent, whether it was purged yet or not, so every
+ * site decides the same way. A change to an absent row whose incarnation began before the
+ * horizon can only come from a site that missed the delete for longer than the backlog
+ * limit: it is refused (quarantined as "stale"), never allowed to bring the row back. An
+ * expired delete of an absent row changes nothing. horizon 0: no clean-up. */
+typedef enum {
+    SYNC_GC_APPLY,  /* decide with the usual rules */
+    SYNC_GC_REFUSE, /* stale incarnation of a row whose tombstone may be gone */
+    SYNC_GC_IGNORE  /* an expired delete of an absent row: nothing to do */
+} sync_gc_verdict_t;
+
+typedef struct {
+    bool local_absent; /* treat the local (expired) tombstone as no row at all */
+    sync_gc_verdict_t verdict;
+} sync_gc_t;
+
+#define SYNC_STALE_MSG                                                                             \
+    "row unknown here (or deleted longer ago than tombstone_retention) and its incarnation is "    \
+    "older than that: the origin missed the delete; it must re-join"
+sync_gc_t sync_gc_row(bool found, uint32_t cl_local, sync_ver_t clv_local, uint32_t cl_remote,
+                      sync_ver_t clv_remote, uint64_t horizon_hlc);
+/* The horizon for a wall clock: tombstones of deletes stamped before it are expired. */
+uint64_t sync_gc_horizon(uint64_t now_ms, unsigned retention_ms);
+/* Backlog limit: a peer whose oldest unacknowledged change is at oldest_ms is past the limit. */
+bool sync_backlog_exceeded(uint64_t oldest_ms, uint64_t now_ms, unsigned limit_ms);
+
 /* ---- fault seams (agent.c / tests) ---- */
 /* Called at every step of the I/O paths with a point name. When MS_SYNC_FAULT=point:n is set
  * in the environment, the n-th call at that point kills the process with SIGKILL, as a crash
@@ -271,6 +298,20 @@ typedef struct {
     int (*set_acked)(sync_db_t *db, uint32_t peer, uint64_t acked);
     int (*status)(sync_db_t *db, sync_db_status_t *st);
     void (*close)(sync_db_t *db);
+    /* ---- site lifecycle (sqlite_life.c, pg_life.c; docs/sync.md §9) ---- */
+    /* Wall time (ms) of the oldest local change the peer has not acknowledged; 0 if none. */
+    int (*oldest)(sync_db_t *db, uint32_t peer, uint64_t *oldest_ms);
+    /* The peer's must-rejoin mark: *since_ms = when it was set, 0 if not marked. */
+    int (*peer_get)(sync_db_t *db, uint32_t peer, uint64_t *since_ms, char *why, size_t whylen);
+    /* Mark the peer must-rejoin (persisted); from then on it holds nothing back here. */
+    int (*peer_mark)(sync_db_t *db, uint32_t peer, const char *why);
+    /* Delete the peer's rep_peer and rep_inbound rows (and its mark) and release what was
+     * kept for it alone. readmit: it comes back as a fresh copy of a running site, so keep
+     * changes for it from the slowest other peer's position on. */
+    int (*peer_forget)(sync_db_t *db, uint32_t peer, bool readmit);
+    /* Purge tombstones of deletes stamped before horizon_hlc that every peer not marked
+     * must-rejoin has acknowledged. */
+    int (*purge)(sync_db_t *db, uint64_t horizon_hlc, uint64_t *purged);
 } sync_db_ops_t;
 
 struct sync_db {
@@ -282,6 +323,7 @@ struct sync_db {
 int sync_sqlite_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen) MS_WUR;
 int sync_pg_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen) MS_WUR;
 int sync_sqlite_join(const sync_conf_t *c, const char *src_path, char *why, size_t whylen) MS_WUR;
+int sync_pg_join(const sync_conf_t *c, const char *src, char *why, size_t whylen) MS_WUR;
 int sync_db_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen) MS_WUR;
 
 /* BLAKE2b-128 of a byte string (chan.c). */

@@ -69,3 +69,39 @@ sync_col_decision_t sync_decide_col(const sync_rules_t *r, sync_ver_t local, syn
                  !sync_ver_eq(local, base);
     return d;
 }
+
+sync_gc_t sync_gc_row(bool found, uint32_t cl_local, sync_ver_t clv_local, uint32_t cl_remote,
+                      sync_ver_t clv_remote, uint64_t horizon_hlc)
+{
+    sync_gc_t g = {false, SYNC_GC_APPLY};
+    if (horizon_hlc == 0 || sync_ver_none(clv_remote)) {
+        return g;
+    }
+    bool absent = !found || cl_local == 0;
+    if (!absent && cl_local % 2 == 0 && clv_local.hlc < horizon_hlc) {
+        g.local_absent = absent = true; /* expired tombstone: as if purged already */
+    }
+    bool expired = clv_remote.hlc < horizon_hlc;
+    if (absent && expired) {
+        g.verdict = cl_remote % 2 == 1 ? SYNC_GC_REFUSE : SYNC_GC_IGNORE;
+    } else if (!absent && expired && cl_remote > cl_local && cl_remote % 2 == 0 &&
+               sync_ver_cmp(NULL, clv_remote, clv_local) < 0) {
+        /* A delete older than the incarnation we hold: ours began after the delete's tombstone
+         * was purged (the counter restarted), so the delete is for an older one. */
+        g.verdict = SYNC_GC_IGNORE;
+    }
+    return g;
+}
+
+uint64_t sync_gc_horizon(uint64_t now_ms, unsigned retention_ms)
+{
+    if (retention_ms == 0 || now_ms <= retention_ms) {
+        return 0;
+    }
+    return SYNC_HLC_MAKE(now_ms - retention_ms);
+}
+
+bool sync_backlog_exceeded(uint64_t oldest_ms, uint64_t now_ms, unsigned limit_ms)
+{
+    return limit_ms != 0 && oldest_ms != 0 && now_ms > oldest_ms && now_ms - oldest_ms > limit_ms;
+}

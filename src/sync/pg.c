@@ -239,18 +239,9 @@ static int pg_set_acked(sync_db_t *db, uint32_t peer, uint64_t acked)
     buf_init(&b);
     buf_printf(&b,
                "INSERT INTO rep_peer(site, acked) VALUES(%u, %llu) ON CONFLICT (site) DO UPDATE "
-               "SET acked = greatest(rep_peer.acked, excluded.acked);"
-               "UPDATE rep_meta SET acked = coalesce((SELECT min(coalesce(p.acked, 0)) FROM "
-               "(VALUES (0)",
+               "SET acked = greatest(rep_peer.acked, excluded.acked);",
                peer, (unsigned long long)acked);
-    for (size_t i = 0; i < c->npeers; i++) {
-        buf_printf(&b, ", (%u)", c->peers[i].id);
-    }
-    buf_printf(&b,
-               ") q(site) LEFT JOIN rep_peer p ON p.site = q.site WHERE q.site != 0), 0);"
-               /* ticks before the slowest peer's position are never needed again */
-               "DELETE FROM rep_tick WHERE id < (SELECT acked >> %d FROM rep_meta);",
-               PG_PART_BITS);
+    sync_pg_acked_sql(&b, c);
     int rc = sync_pg_ex(s, sync_pg_cstr(&b));
     buf_deinit(&b);
     return rc;
@@ -329,6 +320,11 @@ static const sync_db_ops_t pg_ops = {
     .set_acked = pg_set_acked,
     .status = pg_status,
     .close = pg_close,
+    .oldest = sync_pg_oldest,
+    .peer_get = sync_pg_peer_get,
+    .peer_mark = sync_pg_peer_mark,
+    .peer_forget = sync_pg_peer_forget,
+    .purge = sync_pg_purge,
 };
 
 int sync_pg_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen)

@@ -99,6 +99,7 @@ typedef struct {
     const sync_entry_t *e;
     sync_row_action_t act;
     bool write, del, found, row; /* found: a clock row exists; row: T has the row (locked) */
+    bool refused;                /* a stale change to a row whose tombstone may be gone */
     bool take[SYNC_MAX_COLS];
     uint32_t cl;
     sync_ver_t clv;
@@ -240,12 +241,21 @@ static void decide(pg_db_t *s, uint32_t origin, const pmap_t *m, PGresult *r, in
     for (unsigned c = 0; c < t->ncols; c++) {
         x->v[c] = x->found ? sync_pg_ver(r, row, RS_COL(c)) : (sync_ver_t){0, 0};
     }
-    x->act = sync_decide_row(x->cl, e->cl);
+    sync_gc_t gc =
+        sync_gc_row(x->found, x->cl, x->clv, e->cl, e->clv,
+                    sync_gc_horizon(time_wall_ms(), s->base.conf->tombstone_retention_ms));
+    if (gc.local_absent) {
+        x->cl = 0;
+        x->clv = (sync_ver_t){0, 0};
+    }
+    x->refused = gc.verdict == SYNC_GC_REFUSE;
+    x->act = gc.verdict != SYNC_GC_APPLY ? SYNC_ROW_STALE : sync_decide_row(x->cl, e->cl);
     const char *rules[SYNC_MAX_COLS] = {0};
     bool won[SYNC_MAX_COLS] = {0};
     sync_ver_t lv[SYNC_MAX_COLS];
     if (x->act == SYNC_ROW_STALE) {
-        for (unsigned c = 0; e->cl % 2 == 1 && e->mask && x->cl % 2 == 0 && c < t->ncols; c++) {
+        bool lost = !x->refused && e->cl % 2 == 1 && e->mask && x->cl % 2 == 0;
+        for (unsigned c = 0; lost && c < t->ncols; c++) {
             int j = m->map[c];
             if (j >= 0 && ((e->mask >> j) & 1)) {
                 rules[c] = "update-vs-delete";
@@ -486,7 +496,7 @@ static int write_conflicts(pg_db_t *s, const pg_table_t *t, pconf_t *cf)
  * statements write rows, clocks and conflicts. Returns 0 or MS_EDB (the caller rolls back to
  * its savepoint). */
 static int apply_set(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const pmap_t *m,
-                     const sync_entry_t **ents, size_t n, sync_apply_res_t *res)
+                     const sync_entry_t **ents, size_t n, sync_apply_res_t *res, int64_t requeue_id)
 {
     const pg_table_t *t = m->t;
     PGresult *r = read_state(s, t, ents, n);
@@ -508,6 +518,11 @@ static int apply_set(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const 
     rc = rc == 0 ? write_clocks(s, t, d, n) : rc;
     rc = rc == 0 ? write_conflicts(s, t, &cf) : rc;
     for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (d[i].refused) {
+            res->quarantined++;
+            rc = quarantine(s, origin, w, ents[i], "stale", SYNC_STALE_MSG, requeue_id);
+            continue;
+        }
         uint64_t mx = entry_max_hlc(w, ents[i]);
         res->max_hlc = mx > res->max_hlc ? mx : res->max_hlc;
         res->entries_applied++;
@@ -575,9 +590,10 @@ static int apply_entries(pg_db_t *s, const sync_batch_t *b, uint64_t after, sync
             rc = MS_EDB;
             break;
         }
-        if (apply_set(s, b->origin, w, &m, sel, n, &r1) == 0) {
+        if (apply_set(s, b->origin, w, &m, sel, n, &r1, requeue_id) == 0) {
             sync_pg_ex(s, "RELEASE SAVEPOINT rep_chunk");
             res->entries_applied += r1.entries_applied;
+            res->quarantined += r1.quarantined;
             res->conflicts += r1.conflicts;
             res->max_hlc = r1.max_hlc > res->max_hlc ? r1.max_hlc : res->max_hlc;
             continue;
@@ -587,9 +603,10 @@ static int apply_entries(pg_db_t *s, const sync_batch_t *b, uint64_t after, sync
         for (size_t i = 0; rc == 0 && i < n; i++) {
             sync_apply_res_t r2 = {0};
             sync_pg_ex(s, "SAVEPOINT rep_one");
-            if (apply_set(s, b->origin, w, &m, &sel[i], 1, &r2) == 0) {
+            if (apply_set(s, b->origin, w, &m, &sel[i], 1, &r2, requeue_id) == 0) {
                 sync_pg_ex(s, "RELEASE SAVEPOINT rep_one");
                 res->entries_applied += r2.entries_applied;
+                res->quarantined += r2.quarantined;
                 res->conflicts += r2.conflicts;
                 res->max_hlc = r2.max_hlc > res->max_hlc ? r2.max_hlc : res->max_hlc;
             } else {

@@ -10,6 +10,8 @@ static const char *meta_sql =
     "CREATE TABLE IF NOT EXISTS rep_table(name text PRIMARY KEY, pk text NOT NULL,"
     " cols text NOT NULL, fp bytea NOT NULL);"
     "CREATE TABLE IF NOT EXISTS rep_peer(site int PRIMARY KEY, acked bigint NOT NULL);"
+    "ALTER TABLE rep_peer ADD COLUMN IF NOT EXISTS rejoin_ms bigint NOT NULL DEFAULT 0,"
+    " ADD COLUMN IF NOT EXISTS rejoin_why text;"
     "CREATE TABLE IF NOT EXISTS rep_inbound(origin int PRIMARY KEY, applied_seq bigint NOT NULL,"
     " applied bigint NOT NULL);"
     "CREATE TABLE IF NOT EXISTS rep_conflict(id bigserial PRIMARY KEY, at_ms bigint NOT NULL,"

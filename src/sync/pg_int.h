@@ -61,4 +61,12 @@ int sync_pg_apply(sync_db_t *db, const sync_batch_t *b, sync_apply_res_t *res); 
 int sync_pg_retry(sync_db_t *db, sync_apply_res_t *res);                        /* pg_apply.c */
 int sync_pg_cursor(sync_db_t *db, uint32_t origin, uint64_t *applied);          /* pg_apply.c */
 
+/* pg_life.c: site lifecycle (docs/sync.md §9) */
+void sync_pg_acked_sql(buf_t *b, const sync_conf_t *c);
+int sync_pg_oldest(sync_db_t *db, uint32_t peer, uint64_t *oldest_ms);
+int sync_pg_peer_get(sync_db_t *db, uint32_t peer, uint64_t *since_ms, char *why, size_t whylen);
+int sync_pg_peer_mark(sync_db_t *db, uint32_t peer, const char *why);
+int sync_pg_peer_forget(sync_db_t *db, uint32_t peer, bool readmit);
+int sync_pg_purge(sync_db_t *db, uint64_t horizon_hlc, uint64_t *purged);
+
 #endif

@@ -213,14 +213,9 @@ static int sq_set_acked(sync_db_t *db, uint32_t peer, uint64_t acked)
     buf_init(&b);
     buf_printf(&b,
                "INSERT INTO rep_peer(site, acked) VALUES(%u, %llu) ON CONFLICT(site) DO UPDATE "
-               "SET acked = max(acked, excluded.acked);"
-               "UPDATE rep_meta SET acked = coalesce((SELECT min(coalesce(p.acked, 0)) FROM "
-               "(SELECT 0 AS site",
+               "SET acked = max(acked, excluded.acked);",
                peer, (unsigned long long)acked);
-    for (size_t i = 0; i < c->npeers; i++) {
-        buf_printf(&b, " UNION ALL SELECT %u", c->peers[i].id);
-    }
-    buf_printf(&b, ") q LEFT JOIN rep_peer p ON p.site = q.site WHERE q.site != 0), 0);");
+    sync_sq_acked_sql(&b, c);
     int rc = sync_sq_exec(s, sync_sq_cstr(&b));
     buf_deinit(&b);
     return rc;
@@ -419,6 +414,11 @@ static const sync_db_ops_t sq_ops = {
     .set_acked = sq_set_acked,
     .status = sq_status,
     .close = sq_close,
+    .oldest = sync_sq_oldest,
+    .peer_get = sync_sq_peer_get,
+    .peer_mark = sync_sq_peer_mark,
+    .peer_forget = sync_sq_peer_forget,
+    .purge = sync_sq_purge,
 };
 
 /* Busy handler: the applications hold the write lock for a statement at a time, so poll it

@@ -225,7 +225,18 @@ static int apply_entry(sq_db_t *s, uint32_t origin, const sync_wtable_t *w, wmap
     if (sync_sq_clock_get(t, e->pk, &ck) != 0) {
         return MS_EDB;
     }
-    sync_row_action_t act = sync_decide_row(ck.cl, e->cl);
+    sync_gc_t gc = sync_gc_row(ck.found, ck.cl, ck.clv, e->cl, e->clv,
+                               sync_gc_horizon(time_wall_ms(), conf->tombstone_retention_ms));
+    if (gc.verdict == SYNC_GC_REFUSE) {
+        res->quarantined++;
+        return quarantine(s, origin, w, e, "stale", SYNC_STALE_MSG) ?: 1;
+    }
+    if (gc.local_absent) {
+        ck.cl = 0;
+        ck.clv = (sync_ver_t){0, 0};
+    }
+    sync_row_action_t act =
+        gc.verdict == SYNC_GC_IGNORE ? SYNC_ROW_STALE : sync_decide_row(ck.cl, e->cl);
     bool take[SYNC_MAX_COLS] = {false};
     bool write_row = false, del_row = false;
     if (act == SYNC_ROW_STALE) {

@@ -511,6 +511,9 @@ int sync_sq_init(sync_db_t *db, char *why, size_t whylen)
         rc = sync_sq_exec(s, meta_sql);
     }
     if (rc == 0) {
+        rc = sync_sq_life_schema(s);
+    }
+    if (rc == 0) {
         char *sql = xasprintf("INSERT INTO rep_meta(id, site, hlc) VALUES(1, %u, 0) "
                               "ON CONFLICT DO NOTHING",
                               c->site_id);

@@ -69,4 +69,13 @@ int sync_sq_apply(sync_db_t *db, const sync_batch_t *b, sync_apply_res_t *res);
 int sync_sq_retry(sync_db_t *db, sync_apply_res_t *res);
 int sync_sq_inbound_get(sq_db_t *s, uint32_t origin, uint64_t *seq, uint64_t *count);
 
+/* sqlite_life.c: site lifecycle (docs/sync.md §9) */
+int sync_sq_life_schema(sq_db_t *s);
+void sync_sq_acked_sql(buf_t *b, const sync_conf_t *c);
+int sync_sq_oldest(sync_db_t *db, uint32_t peer, uint64_t *oldest_ms);
+int sync_sq_peer_get(sync_db_t *db, uint32_t peer, uint64_t *since_ms, char *why, size_t whylen);
+int sync_sq_peer_mark(sync_db_t *db, uint32_t peer, const char *why);
+int sync_sq_peer_forget(sync_db_t *db, uint32_t peer, bool readmit);
+int sync_sq_purge(sync_db_t *db, uint64_t horizon_hlc, uint64_t *purged);
+
 #endif

@@ -38,6 +38,8 @@ typedef struct sync_conf {
     unsigned resolution; /* SYNC_RESOLVE_* */
     unsigned priority;   /* this site's priority (resolution: priority) */
     unsigned log_level;
+    unsigned max_peer_offline_ms;    /* backlog age past which a peer must re-join; 0 = none */
+    unsigned tombstone_retention_ms; /* tombstones older than this may go; 0 = keep forever */
     sync_peer_conf_t *peers;
     size_t npeers;
 } sync_conf_t;
@@ -55,6 +57,13 @@ int sync_cmd_init(const sync_conf_t *c) MS_WUR;
  * site's SQLite database (online backup) and make it a new site that catches up from there.
  * The database file must not exist yet. */
 int sync_cmd_join(const sync_conf_t *c, const char *from) MS_WUR;
+/* multisite-syncd remove-peer ID: forget a peer for good (it must no longer be in sync.peers;
+ * the agent must be stopped): its rep_peer and rep_inbound state go and the backlog kept only
+ * for it is released. */
+int sync_cmd_remove_peer(const sync_conf_t *c, const char *id) MS_WUR;
+/* multisite-syncd readmit-peer ID: after a peer that had to re-join did so, clear its
+ * must-rejoin mark and its old stream positions here. */
+int sync_cmd_readmit_peer(const sync_conf_t *c, const char *id) MS_WUR;
 /* Run the agent until SIGINT/SIGTERM. */
 int sync_cmd_run(const sync_conf_t *c) MS_WUR;
 /* Print status from the running agent's socket, or from the database when it is down. */

@@ -5,6 +5,8 @@
 
 #include <math.h>
 #include <sodium.h>
+#include <stdio.h>
+#include <unistd.h>
 
 static sync_ver_t V(uint64_t hlc, uint32_t site)
 {
@@ -370,6 +372,104 @@ static void test_chan(void)
     buf_deinit(&plain);
 }
 
+/* Tombstone clean-up and the backlog limit (docs/sync.md §9). Horizon H = 1000 << 16. */
+static void test_gc(void)
+{
+    const uint64_t H = 1000ull << 16;
+    static const struct {
+        bool found;
+        uint32_t lcl;
+        uint64_t lh;
+        uint32_t rcl;
+        uint64_t rh;
+        bool absent;
+        sync_gc_verdict_t want;
+        const char *what;
+    } cases[] = {
+        {false, 0, 0, 1, 2000ull << 16, false, SYNC_GC_APPLY, "new row, fresh insert"},
+        {false, 0, 0, 1, 500ull << 16, false, SYNC_GC_REFUSE, "unknown row, old incarnation"},
+        {false, 0, 0, 3, 500ull << 16, false, SYNC_GC_REFUSE, "unknown row, old re-insert"},
+        {false, 0, 0, 2, 500ull << 16, false, SYNC_GC_IGNORE, "expired delete of absent row"},
+        {false, 0, 0, 2, 2000ull << 16, false, SYNC_GC_APPLY, "fresh delete of unknown row"},
+        {true, 2, 500ull << 16, 1, 2000ull << 16, true, SYNC_GC_APPLY,
+         "re-insert (counter restarted) over an expired tombstone"},
+        {true, 2, 500ull << 16, 1, 400ull << 16, true, SYNC_GC_REFUSE,
+         "stale update over an expired tombstone"},
+        {true, 2, 2000ull << 16, 1, 400ull << 16, false, SYNC_GC_APPLY,
+         "update vs a fresh tombstone: the usual rules (delete wins)"},
+        {true, 1, 500ull << 16, 1, 400ull << 16, false, SYNC_GC_APPLY,
+         "update of a live old row: the usual rules"},
+        {true, 1, 2000ull << 16, 2, 500ull << 16, false, SYNC_GC_IGNORE,
+         "expired delete of an older incarnation than ours"},
+        {true, 1, 400ull << 16, 2, 500ull << 16, false, SYNC_GC_APPLY,
+         "late delete of our incarnation: the usual rules"},
+    };
+    for (size_t i = 0; i < MS_ARRAY_LEN(cases); i++) {
+        sync_gc_t g = sync_gc_row(cases[i].found, cases[i].lcl, V(cases[i].lh, 1), cases[i].rcl,
+                                  V(cases[i].rh, 2), H);
+        TAP_EQ_INT(g.verdict, cases[i].want, "gc_row: %s", cases[i].what);
+        tap_ok(g.local_absent == cases[i].absent, "gc_row: %s: local absent %d", cases[i].what,
+               cases[i].absent);
+        sync_gc_t off = sync_gc_row(cases[i].found, cases[i].lcl, V(cases[i].lh, 1), cases[i].rcl,
+                                    V(cases[i].rh, 2), 0);
+        tap_ok(off.verdict == SYNC_GC_APPLY && !off.local_absent, "gc_row off: %s", cases[i].what);
+    }
+    tap_ok(sync_gc_row(false, 0, V(0, 0), 1, V(0, 0), H).verdict == SYNC_GC_APPLY,
+           "gc_row: no version is not judged");
+    TAP_EQ_INT(sync_gc_horizon(10000, 3000), 7000ull << 16, "horizon");
+    TAP_EQ_INT(sync_gc_horizon(10000, 0), 0, "horizon: retention 0 = off");
+    TAP_EQ_INT(sync_gc_horizon(2000, 3000), 0, "horizon before the epoch");
+    tap_ok(!sync_backlog_exceeded(0, 10000, 1000), "no backlog is never past the limit");
+    tap_ok(!sync_backlog_exceeded(9000, 10000, 1000), "exactly the limit is within it");
+    tap_ok(sync_backlog_exceeded(8999, 10000, 1000), "older than the limit");
+    tap_ok(!sync_backlog_exceeded(1, 10000, 0), "limit 0 = keep forever");
+    tap_ok(!sync_backlog_exceeded(20000, 10000, 1000), "a change from the future is not old");
+}
+
+static int conf_try(const char *sync_extra, char *msg, size_t n)
+{
+    char path[] = "/tmp/test_sync_conf_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        return -1;
+    }
+    FILE *f = fdopen(fd, "w");
+    fprintf(f,
+            "sync:\n  site: a\n  site_id: 1\n  database: /tmp/x.db\n  tables: [t]\n"
+            "  listen: 127.0.0.1:7800\n  key_file: /tmp/k\n%s",
+            sync_extra);
+    fclose(f);
+    sync_conf_t *c = NULL;
+    conf_err_t err;
+    int rc = sync_conf_load(path, &c, &err);
+    snprintf(msg, n, "%s", rc == 0 ? "" : err.msg);
+    if (rc == 0) {
+        rc = (int)(c->tombstone_retention_ms / 60000); /* minutes: what the cases check */
+    }
+    sync_conf_free(c);
+    unlink(path);
+    return rc;
+}
+
+static void test_conf_life(void)
+{
+    char msg[512];
+    TAP_EQ_INT(conf_try("", msg, sizeof(msg)), 7 * 24 * 60, "default retention 7d");
+    TAP_EQ_INT(conf_try("  max_peer_offline: 1d\n  tombstone_retention: 2d\n", msg, sizeof(msg)),
+               2 * 24 * 60, "1d / 2d accepted");
+    TAP_EQ_INT(conf_try("  max_peer_offline: 0\n  tombstone_retention: 0\n", msg, sizeof(msg)), 0,
+               "both off accepted");
+    tap_ok(conf_try("  max_peer_offline: 2d\n  tombstone_retention: 1d\n", msg, sizeof(msg)) < 0 &&
+               strstr(msg, "is shorter than max_peer_offline") != NULL,
+           "retention shorter than the backlog limit refused: %s", msg);
+    tap_ok(conf_try("  max_peer_offline: 0\n", msg, sizeof(msg)) < 0 &&
+               strstr(msg, "needs a max_peer_offline limit") != NULL,
+           "retention without a backlog limit refused: %s", msg);
+    tap_ok(conf_try("  max_peer_offline: 31d\n", msg, sizeof(msg)) < 0 &&
+               strstr(msg, "out of range") != NULL,
+           "limit over 30 days refused: %s", msg);
+}
+
 int main(void)
 {
     if (sodium_init() < 0) {
@@ -379,5 +479,7 @@ int main(void)
     test_rules();
     test_codec();
     test_chan();
+    test_gc();
+    test_conf_life();
     return tap_done();
 }
