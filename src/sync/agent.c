@@ -40,8 +40,10 @@
 #define MAX_CONNS         256
 #define ERR_REJOIN        2 /* ERROR code: the receiver must re-join (docs/sync.md §9) */
 
-enum { ST_CONNECTING, ST_HS, ST_HELLO, ST_READY };
-static const char *const st_names[] = {"connecting", "handshake", "hello", "ready"};
+/* ST_LINGER: refused (must re-join): our ERROR is sent and our side shut down; what the peer
+ * still sends is read and dropped until it closes, so the ERROR is not lost to a reset. */
+enum { ST_CONNECTING, ST_HS, ST_HELLO, ST_READY, ST_LINGER };
+static const char *const st_names[] = {"connecting", "handshake", "hello", "ready", "refused"};
 
 typedef struct peer peer_t;
 
@@ -53,7 +55,7 @@ typedef struct conn {
     buf_t in, out, plain, msg;
     size_t out_off;
     peer_t *peer;
-    uint64_t last_rx_ms, last_tx_ms;
+    uint64_t last_rx_ms, last_tx_ms, linger_until_ms;
     bool dead;
 } conn_t;
 
@@ -270,13 +272,24 @@ static void refuse(agent_t *a, conn_t *k)
              a->c->site, p->conf->name, when, p->rejoin_why, p->conf->id, a->c->site);
     static log_ratelimit_t rl = LOG_RATELIMIT_INIT(5, 60000);
     log_rl(&rl, LOG_LVL_ERR, "refusing site %s: %s", p->conf->name, text);
-    if (k->state != ST_CONNECTING) {
-        buf_reset(&k->msg);
-        sync_enc_error(&k->msg, ERR_REJOIN, text);
-        send_msg(k);
-        (void)conn_write(k); /* best effort: a few hundred bytes into an idle socket */
+    if (k->state == ST_CONNECTING) {
+        conn_close(a, k, NULL);
+        return;
     }
-    conn_close(a, k, NULL);
+    buf_reset(&k->msg);
+    sync_enc_error(&k->msg, ERR_REJOIN, text);
+    send_msg(k);
+    (void)conn_write(k); /* a few hundred bytes into an idle socket */
+    shutdown(k->fd, SHUT_WR);
+    if (p->out == k) {
+        p->out = NULL;
+        p->inflight = 0;
+    }
+    if (p->in == k) {
+        p->in = NULL;
+    }
+    k->state = ST_LINGER;
+    k->linger_until_ms = time_mono_ms() + 2000;
 }
 
 /* A peer whose oldest unacknowledged change is older than max_peer_offline, and that has not
@@ -371,7 +384,7 @@ static int on_hs(agent_t *a, conn_t *k)
         buf_append(&k->out, sync_chan_hs(k->ch), SYNC_HS_LEN);
         if (p->rejoin_ms) {
             refuse(a, k);
-            return MS_EAUTH;
+            return 0;
         }
     } else if (site != k->peer->conf->id) {
         log_warn("site %s answered with site id %u, expected %u", k->peer->conf->name, site,
@@ -431,6 +444,8 @@ static int on_msg(agent_t *a, conn_t *k, const uint8_t *data, size_t len)
         static log_ratelimit_t rl = LOG_RATELIMIT_INIT(5, 60000);
         json_safe(p->refused, sizeof(p->refused), m->u.error.text);
         log_rl(&rl, LOG_LVL_ERR, "site %s refuses this site: %s", p->conf->name, p->refused);
+        conn_close(a, k, NULL); /* said above; redialled with backoff, refused until re-joined */
+        rc = 0;
         goto out;
     }
     if (m->type == SYNC_MSG_ERROR) {
@@ -535,6 +550,14 @@ out:
 /* Read what is there; process handshake and whole records. Returns 0 or an error (close). */
 static int conn_read(agent_t *a, conn_t *k)
 {
+    if (k->state == ST_LINGER) {
+        uint8_t drop[4096];
+        ssize_t n;
+        while ((n = read(k->fd, drop, sizeof(drop))) > 0) {
+        }
+        return n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) ? MS_ECLOSED
+                                                                                     : 0;
+    }
     uint8_t tmp[65536];
     for (;;) {
         ssize_t n = read(k->fd, tmp, sizeof(tmp));
@@ -569,7 +592,7 @@ static int conn_read(agent_t *a, conn_t *k)
         }
         off = SYNC_HS_LEN;
     }
-    while (rc == 0 && !k->dead && off < k->in.len) {
+    while (rc == 0 && !k->dead && k->state != ST_LINGER && off < k->in.len) {
         size_t used = 0;
         int r = sync_chan_open(k->ch, k->in.data + off, k->in.len - off, &k->plain, &used);
         if (r == 0) {
@@ -882,6 +905,9 @@ static void loop_once(agent_t *a)
         if (rc == 0 && k->state != ST_CONNECTING && now > k->last_rx_ms + DEAD_MS) {
             rc = MS_ECLOSED;
             why = "no traffic for 30 s";
+        }
+        if (rc == 0 && k->state == ST_LINGER && now > k->linger_until_ms) {
+            rc = MS_ECLOSED;
         }
         if (rc == 0 && k->state == ST_READY && now > k->last_tx_ms + IDLE_HEARTBEAT_MS) {
             sync_enc_heartbeat(&k->msg, 0);
