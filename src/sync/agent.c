@@ -559,6 +559,7 @@ static int conn_read(agent_t *a, conn_t *k)
                                                                                      : 0;
     }
     uint8_t tmp[65536];
+    bool eof = false; /* what came before the FIN is still processed (a refusal's ERROR) */
     for (;;) {
         ssize_t n = read(k->fd, tmp, sizeof(tmp));
         if (n > 0) {
@@ -570,7 +571,8 @@ static int conn_read(agent_t *a, conn_t *k)
             continue;
         }
         if (n == 0) {
-            return MS_ECLOSED;
+            eof = true;
+            break;
         }
         if (errno == EINTR) {
             continue;
@@ -584,7 +586,7 @@ static int conn_read(agent_t *a, conn_t *k)
     int rc = 0;
     if (k->state == ST_HS) {
         if (k->in.len < SYNC_HS_LEN) {
-            return 0;
+            return eof ? MS_ECLOSED : 0;
         }
         rc = on_hs(a, k);
         if (rc != 0) {
@@ -610,7 +612,7 @@ static int conn_read(agent_t *a, conn_t *k)
     }
     memmove(k->in.data, k->in.data + off, k->in.len - off);
     k->in.len -= off;
-    return rc;
+    return rc ? rc : eof ? MS_ECLOSED : 0;
 }
 
 static int conn_write(conn_t *k)
