@@ -146,13 +146,13 @@ def run_once(tmp_path, seed, nsites, duration):
     ev("writers and chaos stopped, %d acknowledged writes" % len(writes))
     failed = None
     try:
-        for s in c.sites:
-            s.proxy.heal()
-            if not s.alive():
-                s.start()
-                ev("start %s (pid %d)" % (s.name, s.proc.pid))
         problems, keys = [], set()
         try:
+            for s in c.sites:
+                s.proxy.heal()
+                if not s.alive():
+                    s.start()
+                    ev("start %s (pid %d)" % (s.name, s.proc.pid))
             c.wait_converged()
             ev("converged")
         except AssertionError as e:
