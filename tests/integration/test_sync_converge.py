@@ -3,6 +3,13 @@ site at once, random kill -9 and restart of agents, cut connections; after heali
 databases must be identical, no acknowledged write may be lost to an older one, and nothing
 may be applied twice. The seed is printed on failure; rerun one with MS_SYNC_SEED=N.
 
+A failure reports what is needed to understand it: the schedule of kills and cuts, each
+site's delivery state, and for every row concerned each site's row, change-table entry,
+unfolded log, conflict records and the writes made to it, plus the agents' logs; the report,
+the databases and the logs are kept in MS_SYNC_FAIL_DIR (default
+/tmp/ms-sync-converge-failures). MS_SYNC_CONVERGE_DEBUG=1 makes the agents log every merge
+decision (slower: it changes the timing).
+
 make check runs a few short runs; bench/sync.sh runs 200 (MS_SYNC_CONVERGE_RUNS=200)."""
 
 import json
