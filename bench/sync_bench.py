@@ -295,11 +295,12 @@ def main():
         # and (full runs) with them cut to 50 ms, as the issue quotes.
         runs = [(500, False), (1000, False)] + ([] if QUICK else [(500, True)])
         for want, fast in runs:
-            b99, b50, brate = bucardo(BB.bench_lag, lag_s, want, PG_ITEMS, pg_bulk_sql, fast)
+            b99, b50, brate, drain = bucardo(BB.bench_lag, lag_s, want, PG_ITEMS, pg_bulk_sql,
+                                             fast)
             print("  postgresql lag p99, Bucardo%s, 2 sites x %.0f updates/s (asked %d) for "
-                  "%ds: %.0f ms (p50 %.0f ms); multisite at 2 x %.0f/s: %s ms"
-                  % (" with 50 ms loop sleeps" if fast else "", brate, want, lag_s, b99, b50,
-                     pg_rate, pg_p99), flush=True)
+                  "%ds: %.0f ms (p50 %.0f ms, last copy %.1f s after the writes); multisite at "
+                  "2 x %.0f/s: %s ms" % (" with 50 ms loop sleeps" if fast else "", brate, want,
+                                         lag_s, b99, b50, drain, pg_rate, pg_p99), flush=True)
     if "capture" not in SKIP:
         x, us0, us1 = bench_capture_sqlite(5000 if QUICK else 20000)
         fig("sqlite capture overhead (autocommit inserts, WAL, synchronous=NORMAL; %.1f vs "
