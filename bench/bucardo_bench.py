@@ -324,6 +324,7 @@ class _Poller(threading.Thread):
         self.lock = threading.Lock()
         self.pending = {}  # id -> newest c written at the other database, not seen here yet
         self.seen = {}  # id -> ([c values], [time first seen]); c grows per id
+        self.last = {}  # id -> the last c seen
         self.error = None
 
     def wrote(self, i, c):
@@ -342,14 +343,19 @@ class _Poller(threading.Thread):
                 with self.lock:
                     ids = list(self.pending)
                 if ids:
-                    cur.execute("SELECT id, c FROM items WHERE id = ANY(%s)", (ids,))
+                    # only the rows whose value changed since the last look come back: the
+                    # writers share this process (and its GIL) with the pollers
+                    last = [self.last.get(i, 0.0) for i in ids]
+                    cur.execute("SELECT p.id, i.c FROM unnest(%s::bigint[], %s::float8[]) AS "
+                                "p(id, seen) JOIN items i ON i.id = p.id WHERE i.c > p.seen",
+                                (ids, last))
                     now = time.time()
                     rows = cur.fetchall()
                     for i, c in rows:
                         cs, ts = self.seen.setdefault(i, ([], []))
-                        if not cs or c > cs[-1]:
-                            cs.append(c)
-                            ts.append(now)
+                        cs.append(c)
+                        ts.append(now)
+                        self.last[i] = c
                     with self.lock:
                         for i, c in rows:
                             if self.pending.get(i, float("inf")) <= c:
