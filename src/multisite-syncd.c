@@ -2,7 +2,8 @@
  *
  *   multisite-syncd -c FILE [run]          run the agent
  *   multisite-syncd -c FILE init           install change capture for the configured tables
- *   multisite-syncd -c FILE join --from DB make this (new) site a copy of a running site's DB
+ *   multisite-syncd -c FILE join --from SRC make this (new) site a copy of a running site
+ *                                          (SRC: its SQLite file or PostgreSQL conninfo)
  *   multisite-syncd -c FILE status [--json]
  *   multisite-syncd -c FILE remove-peer ID     forget a peer for good (no longer in sync.peers)
  *   multisite-syncd -c FILE readmit-peer ID    stop refusing a peer that re-joined

@@ -306,6 +306,7 @@ static void check_backlog(agent_t *a, peer_t *p, uint64_t now, uint64_t wall)
     }
     if (!since && p->rejoin_ms) {
         log_info("site %s was re-admitted (readmit-peer): it is no longer refused", p->conf->name);
+        p->last_ok_ms = now; /* the limit counts from the readmission */
     }
     p->rejoin_ms = since;
     json_safe(p->rejoin_why, sizeof(p->rejoin_why), why);
@@ -977,12 +978,8 @@ int sync_cmd_init(const sync_conf_t *c)
 int sync_cmd_join(const sync_conf_t *c, const char *from)
 {
     char why[512] = "";
-    if (c->backend != SYNC_BACKEND_SQLITE) {
-        fprintf(stderr, "multisite-syncd join: only for SQLite sites so far (PostgreSQL: see "
-                        "docs/sync.md)\n");
-        return MS_EINVAL;
-    }
-    int rc = sync_sqlite_join(c, from, why, sizeof(why));
+    int rc = c->backend == SYNC_BACKEND_PG ? sync_pg_join(c, from, why, sizeof(why))
+                                           : sync_sqlite_join(c, from, why, sizeof(why));
     if (rc != 0) {
         fprintf(stderr, "multisite-syncd join: %s\n", why);
         return rc;

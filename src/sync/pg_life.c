@@ -1,12 +1,18 @@
 /* pg_life.c: site lifecycle in the PostgreSQL backend (docs/sync.md §9): the backlog limit
  * (how old a peer's oldest unacknowledged change is; the must-rejoin mark in rep_peer),
- * forgetting a peer, purging tombstones, and `join` (a copy of a running site's database).
+ * forgetting a peer, purging tombstones, and `join` (a copy of a running site's database,
+ * made with pg_dump and pg_restore).
  *
  * What is kept for the peers is the ticks from the slowest peer's position on (rep_meta.acked,
  * ticks before it are deleted): a peer marked must-rejoin no longer counts, so it holds
  * nothing back, and its position may then name a tick that is gone. That is why it is refused
  * until it re-joins: resuming from a lost tick would resend from the start, not the backlog. */
 #include "sync/pg_int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 void sync_pg_acked_sql(buf_t *b, const sync_conf_t *c)
 {
@@ -143,4 +149,131 @@ int sync_pg_purge(sync_db_t *db, uint64_t horizon_hlc, uint64_t *purged)
         PQclear(r);
     }
     return 0;
+}
+
+/* ---- join: a new site from a copy of a running one ---- */
+
+/* Run a PostgreSQL client program to completion: 0 when it exited 0. The programs come from
+ * PATH (Debian's wrappers pick the installed version) or MS_PG_BINDIR. */
+static int run_tool(const char *prog, char *const argv[], char *why, size_t whylen)
+{
+    const char *dir = getenv("MS_PG_BINDIR");
+    char path[512];
+    snprintf(path, sizeof(path), "%s%s%s", dir ? dir : "", dir ? "/" : "", prog);
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(why, whylen, "fork: %s", strerror(errno));
+        return MS_EIO;
+    }
+    if (pid == 0) {
+        dir ? execv(path, argv) : execvp(prog, argv);
+        fprintf(stderr, "multisite-syncd join: cannot run %s: %s\n", path, strerror(errno));
+        _exit(127);
+    }
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        snprintf(why, whylen, "%s failed (exit status %d; its message is above)", prog,
+                 WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        return MS_EIO;
+    }
+    return 0;
+}
+
+/* Turn the restored copy into the new site, in one transaction. Positions in the copy are the
+ * source's stream: clock rows lose their xid (never sent from here; only what this site
+ * changes from now on is), the source's ticks go. The new site's cursor for the source is the
+ * last part of the newest tick in the copy: that tick committed before the copy's snapshot,
+ * so its whole window is in the copy (windows after it are sent again, and merge as no-ops
+ * where the copy already holds them). Its cursors for the other sites are the source's, which
+ * the copy holds. */
+static int pg_join_reset(pg_db_t *s, const sync_conf_t *c, char *why, size_t whylen)
+{
+    int64_t src_site = sync_pg_q_int(s, "SELECT coalesce((SELECT site FROM rep_meta), -1)");
+    if (src_site < 0) {
+        snprintf(why, whylen, "the source is not a multisite-syncd database (no rep_meta)");
+        return MS_EINVAL;
+    }
+    if (src_site == (int64_t)c->site_id) {
+        snprintf(why, whylen, "the source belongs to site id %lld, this site's own id",
+                 (long long)src_site);
+        return MS_EINVAL;
+    }
+    buf_t b;
+    buf_init(&b);
+    buf_printf(&b,
+               "BEGIN; INSERT INTO rep_inbound(origin, applied_seq, applied) SELECT %lld, "
+               "coalesce((SELECT (id << %d) | greatest(coalesce(array_length(bounds, 1), 1) "
+               "- 1, 0) FROM rep_tick ORDER BY id DESC LIMIT 1), 0), 0 ON CONFLICT (origin) "
+               "DO UPDATE SET applied_seq = excluded.applied_seq, applied = 0;",
+               (long long)src_site, PG_PART_BITS);
+    PGresult *r = sync_pg_q(s, "SELECT name FROM rep_table", 0, NULL);
+    for (int i = 0; r && i < PQntuples(r); i++) {
+        buf_printf(&b, "UPDATE \"rep_c_%s\" SET xid = NULL, mask = 0 WHERE xid IS NOT NULL;",
+                   PQgetvalue(r, i, 0));
+    }
+    PQclear(r);
+    buf_printf(&b,
+               "DELETE FROM rep_tick; DELETE FROM rep_peer; DELETE FROM rep_conflict; DELETE FROM "
+               "rep_quarantine; UPDATE rep_meta SET site = %u, acked = 0; COMMIT;",
+               c->site_id);
+    r = sync_pg_q(s, sync_pg_cstr(&b), 0, NULL);
+    buf_deinit(&b);
+    if (!r) {
+        snprintf(why, whylen, "turning the copy into site %u: %s", c->site_id,
+                 PQerrorMessage(s->pc));
+        PQclear(PQexec(s->pc, "ROLLBACK"));
+        return MS_EDB;
+    }
+    PQclear(r);
+    return 0;
+}
+
+/* multisite-syncd join --from CONNINFO (PostgreSQL): the database in the config must exist
+ * and be empty. pg_dump copies the running source from one consistent snapshot while it keeps
+ * writing; pg_restore loads it in a single transaction (all or nothing); then the copy is
+ * turned into the new site. */
+int sync_pg_join(const sync_conf_t *c, const char *src, char *why, size_t whylen)
+{
+    sync_db_t *db = NULL;
+    int rc = sync_pg_open(c, &db, why, whylen);
+    if (rc != 0) {
+        return rc;
+    }
+    pg_db_t *s = (pg_db_t *)db;
+    if (sync_pg_q_int(s, "SELECT count(*) FROM pg_class k JOIN pg_namespace n ON n.oid = "
+                         "k.relnamespace WHERE n.nspname = 'public'") != 0) {
+        snprintf(why, whylen,
+                 "the database of this site is not empty: join makes a new database (create an "
+                 "empty one)");
+        db->ops->close(db);
+        return MS_EEXIST;
+    }
+    char dump[] = "/tmp/multisite-join-XXXXXX";
+    int fd = mkstemp(dump);
+    if (fd < 0) {
+        snprintf(why, whylen, "temporary file: %s", strerror(errno));
+        db->ops->close(db);
+        return MS_EIO;
+    }
+    close(fd);
+    char *dump_argv[] = {"pg_dump",         "--format=custom", "--no-owner",
+                         "--no-privileges", "--file",          dump,
+                         "--dbname",        (char *)src,       NULL};
+    char *restore_argv[] = {"pg_restore",
+                            "--no-owner",
+                            "--no-privileges",
+                            "--single-transaction",
+                            "--exit-on-error",
+                            "--dbname",
+                            c->database,
+                            dump,
+                            NULL};
+    rc = run_tool("pg_dump", dump_argv, why, whylen);
+    rc = rc == 0 ? run_tool("pg_restore", restore_argv, why, whylen) : rc;
+    unlink(dump);
+    rc = rc == 0 ? pg_join_reset(s, c, why, whylen) : rc;
+    db->ops->close(db);
+    return rc;
 }

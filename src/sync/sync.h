@@ -53,9 +53,10 @@ void sync_conf_print_schema(FILE *f);
 /* multisite-syncd init: install change capture for the configured tables. Refuses a table
  * without a primary key. Returns 0 or an error code with the reason printed to stderr. */
 int sync_cmd_init(const sync_conf_t *c) MS_WUR;
-/* multisite-syncd join --from FILE: create this site's database as a copy of a running
- * site's SQLite database (online backup) and make it a new site that catches up from there.
- * The database file must not exist yet. */
+/* multisite-syncd join --from SOURCE: create this site's database as a copy of a running
+ * site's (SQLite: its file, online backup; PostgreSQL: its conninfo, pg_dump/pg_restore) and
+ * make it a new site that catches up from there. The SQLite file must not exist yet; the
+ * PostgreSQL database must exist and be empty. */
 int sync_cmd_join(const sync_conf_t *c, const char *from) MS_WUR;
 /* multisite-syncd remove-peer ID: forget a peer for good (it must no longer be in sync.peers;
  * the agent must be stopped): its rep_peer and rep_inbound state go and the backlog kept only

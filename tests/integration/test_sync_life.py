@@ -33,6 +33,16 @@ def tombstones(site):
     return site.sql("SELECT count(*) FROM rep_c_items WHERE (cl & 1) = 0")[0][0]
 
 
+def empty_database(c, site):
+    """Move a site's database away: join makes a new one (PostgreSQL: an empty database)."""
+    if site.backend == "postgresql":
+        site.script("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        return
+    for f in (site.db, site.db + "-wal", site.db + "-shm"):
+        if os.path.exists(f):
+            os.remove(f)
+
+
 def drop_conf_peer(site, name):
     with open(site.conf) as f:
         lines = [ln for ln in f if "name: %s," % name not in ln]
@@ -80,13 +90,9 @@ def test_peer_past_the_backlog_limit_must_rejoin_and_is_refused(tmp_path, backen
         assert s2.sql("SELECT id FROM items ORDER BY id") == [(1,), (3,)]
         assert s1.sql("SELECT id FROM items ORDER BY id") == [(1,), (2,)]
         assert peer(s1, 2)["applied"] == 0  # nothing of the refused site was applied
-        if backend != "sqlite":
-            return  # re-join by copy: see test_new_pg_site_joins_from_a_copy_of_a_running_site
         # Re-join: a fresh copy of a running site, then readmit it where it was refused.
         s2.stop()
-        for f in (s2.db, s2.db + "-wal", s2.db + "-shm"):
-            if os.path.exists(f):
-                os.remove(f)
+        empty_database(c, s2)
         r = s1.run("readmit-peer", "2")
         assert "readmitted" in r.stdout
         s2.run("join", "--from", s1.db)
@@ -200,5 +206,44 @@ def test_tombstone_retention_shorter_than_the_backlog_limit_is_refused(tmp_path)
         r = c.sites[0].run("init", check=False)
         assert r.returncode != 0
         assert "tombstone_retention: 86400000ms is shorter than max_peer_offline" in r.stderr
+    finally:
+        c.stop()
+
+
+@pytest.mark.skipif(not HAVE_PG, reason="PostgreSQL 15 is not installed (scripts/deps.sh)")
+def test_new_pg_site_joins_from_a_copy_of_a_running_site(tmp_path):
+    c = make(tmp_path, 3, "postgresql", "")
+    s1, s2, s3 = c.sites
+    s1.run("init")
+    s2.run("init")
+    s1.start()
+    s2.start()
+    try:
+        for i in range(50):
+            s1.sql("INSERT INTO items(id, a) VALUES(?, 'one')", (i,))
+            s2.sql("INSERT INTO items(id, a) VALUES(?, 'two')", (1000 + i,))
+        wait_for(lambda: c.dump(s1) == c.dump(s2) and len(c.dump(s1)) == 100,
+                 what="sites 1 and 2 in step")
+        r = s3.run("join", "--from", s1.db, check=False)
+        assert r.returncode != 0 and "not empty" in r.stderr  # never overwrites a database
+        empty_database(c, s3)
+        r = s3.run("join", "--from", s1.db)
+        assert "created from" in r.stdout
+        assert s3.sql("SELECT site FROM rep_meta") == [(3,)]
+        s2.sql("UPDATE items SET a = 'after-copy' WHERE id = 1000")  # s3 must still get it
+        s1.sql("UPDATE items SET a = 'after-copy-1' WHERE id = 7")
+        s3.start()
+        c.wait_synced(60)
+        s3.sql("INSERT INTO items(id, a) VALUES(5000, 'three')")
+        c.wait_synced(60)
+        assert s1.sql("SELECT a FROM items WHERE id = 5000") == [("three",)]
+        assert s3.sql("SELECT a FROM items WHERE id = 1000") == [("after-copy",)]
+        assert s3.sql("SELECT a FROM items WHERE id = 7") == [("after-copy-1",)]
+        # the copy already held site 1's changes: they were not sent again
+        st = s3.status()
+        from_s1 = [p for p in st["peers"] if p["id"] == 1][0]
+        assert from_s1["applied"] < 10, from_s1
+        # and site 3 sent only what it changed itself
+        assert [p for p in s1.status()["peers"] if p["id"] == 3][0]["applied"] == 1
     finally:
         c.stop()
