@@ -268,7 +268,7 @@ def main():
     n_apply = 50000 if QUICK else 200000
     lag_s = 10 if QUICK else 60
     print("multisite-syncd benchmark (%s)" % ("quick" if QUICK else "full"), flush=True)
-    if not {"apply", "lag", "capture"} <= SKIP:
+    if not {"apply", "lag", "capture", "conflict"} <= SKIP:
         bucardo(BB.check_installed)  # before the long runs, not after them
     if "apply" not in SKIP:
         ar, e2e = bench_apply("sqlite", n_apply)
