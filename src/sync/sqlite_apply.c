@@ -8,7 +8,7 @@ typedef struct {
     sq_table_t *t;          /* NULL: unknown here */
     int map[SYNC_MAX_COLS]; /* local value column -> wire column, -1 if the peer lacks it */
     const char *missing;    /* a wire column we do not have */
-    sqlite3_stmt *upsert;
+    sqlite3_stmt *upsert;   /* owned by t (t->up_st) */
 } wmap_t;
 
 static sq_table_t *find_table(sq_db_t *s, const char *name)
@@ -94,7 +94,14 @@ static int map_table(sq_db_t *s, const sync_wtable_t *w, wmap_t *m)
     if (!any) {
         buf_printf(&b, "NOTHING");
     }
-    sqlite3_prepare_v2(s->db, sync_sq_cstr(&b), -1, &m->upsert, NULL);
+    const char *sql = sync_sq_cstr(&b);
+    if (!t->up_sql || strcmp(t->up_sql, sql) != 0) {
+        sqlite3_finalize(t->up_st);
+        free(t->up_sql);
+        t->up_st = sync_sq_prep(s, sql);
+        t->up_sql = t->up_st ? xstrdup(sql) : NULL;
+    }
+    m->upsert = t->up_st;
     buf_deinit(&b);
     return m->upsert ? 0 : MS_EDB;
 }
@@ -278,6 +285,13 @@ static int apply_entry(sq_db_t *s, uint32_t origin, const sync_wtable_t *w, wmap
             }
             sync_col_decision_t d =
                 sync_decide_col(&s->base.rules, ck.v[c], e->ver[j], e->base[j], origin);
+            /* The origin's version is the one our own change to the column overwrote: we had
+             * seen it, so ours is not concurrent with it. This happens when the origin changed
+             * other columns of the row and its entry reached us before ours reached it (the
+             * entry carries every column's version). */
+            if (d.conflict && sync_ver_eq(e->ver[j], ck.b[c])) {
+                d.conflict = false;
+            }
             log_debug(
                 "merge %s col %u: local %llu/%u remote %llu/%u base %llu/%u -> take %d conflict %d",
                 t->name, c, (unsigned long long)ck.v[c].hlc, ck.v[c].site,
@@ -351,14 +365,6 @@ static int apply_entry(sq_db_t *s, uint32_t origin, const sync_wtable_t *w, wmap
     return 0;
 }
 
-static void maps_free(wmap_t *maps, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        sqlite3_finalize(maps[i].upsert);
-    }
-    free(maps);
-}
-
 /* Apply entries of b (those past `after`) inside the open transaction. */
 static int apply_entries(sq_db_t *s, const sync_batch_t *b, uint64_t after, sync_apply_res_t *res)
 {
@@ -379,7 +385,7 @@ static int apply_entries(sq_db_t *s, const sync_batch_t *b, uint64_t after, sync
         }
         sync_fault("apply.entry");
     }
-    maps_free(maps, b->ntables);
+    free(maps); /* their upserts belong to the tables (map_table) */
     if (rc == 0 && res->max_hlc) {
         sqlite3_reset(s->hlc_bump);
         sqlite3_bind_int64(s->hlc_bump, 1, (int64_t)res->max_hlc);

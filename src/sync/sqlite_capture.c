@@ -36,6 +36,8 @@ static void table_free(sq_table_t *t)
     sqlite3_finalize(t->log_sel);
     sqlite3_finalize(t->log_del);
     sqlite3_finalize(t->log_any);
+    sqlite3_finalize(t->up_st);
+    free(t->up_sql);
     sqlite3_finalize(t->row_get);
     sqlite3_finalize(t->row_del);
     memset(t, 0, sizeof(*t));

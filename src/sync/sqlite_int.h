@@ -15,6 +15,8 @@ typedef struct {
     uint8_t fp[16];
     sqlite3_stmt *read, *clk_get, *clk_put, *clk_upd, *row_get, *row_del, *log_sel, *log_del,
         *log_any;
+    char *up_sql; /* the last apply upsert (sqlite_apply.c), kept while peers send the same */
+    sqlite3_stmt *up_st; /* columns, so a batch of a few rows does not prepare it again */
 } sq_table_t;
 
 typedef struct {

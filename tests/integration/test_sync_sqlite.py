@@ -120,6 +120,36 @@ def test_column_level_conflict_resolution_and_log(tmp_path):
         c.stop()
 
 
+def test_a_column_only_one_side_changed_is_no_conflict_in_either_arrival_order(tmp_path):
+    # Site 1 changes column a, site 2 columns a and d. Site 1's entry carries every column's
+    # version, d's being the one site 2 overwrote: when it reaches site 2 before site 2's
+    # change reaches site 1, d must not be logged as a conflict (site 2 had seen it).
+    c = Cluster(tmp_path, 2, proxies=True)
+    c.init()
+    a, b = c.sites
+    a.sql("INSERT INTO items VALUES(1, 'orig', 0, 0.0, 'd0', NULL)")
+    c.start()
+    try:
+        c.wait_synced()
+        a.proxy.cut()  # site 2 cannot push to site 1
+        b.proxy.cut()
+        a.sql("UPDATE items SET a = 'from-a', b = 1 WHERE id = 1")
+        time.sleep(0.01)
+        b.sql("UPDATE items SET a = 'from-b', d = 'db' WHERE id = 1")
+        n = b.sql("SELECT applied FROM rep_inbound WHERE origin = 1")[0][0]
+        b.proxy.heal()  # site 1's change reaches site 2 first
+        wait_for(lambda: b.sql("SELECT applied FROM rep_inbound WHERE origin = 1")[0][0] > n,
+                 20, "site 2 to apply site 1's change")
+        a.proxy.heal()
+        c.wait_synced()
+        assert a.sql("SELECT a, b, d FROM items") == [("from-b", 1, "db")]
+        logs = a.sql("SELECT col, rule FROM rep_conflict") + \
+            b.sql("SELECT col, rule FROM rep_conflict")
+        assert logs and all(r == ("a", "column-lww") for r in logs), logs
+    finally:
+        c.stop()
+
+
 def test_delete_wins_over_concurrent_update_and_reinsert_wins_over_delete(tmp_path):
     c = Cluster(tmp_path, 2)
     c.init()
