@@ -304,6 +304,7 @@ static void pg_close(sync_db_t *db)
         return;
     }
     sync_pg_tables_free(s);
+    buf_deinit(&s->fold_sql);
     PQfinish(s->pc);
     free(s);
 }

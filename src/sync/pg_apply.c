@@ -167,11 +167,14 @@ static int run(pg_db_t *s, buf_t *sql, parr_t *p, const char *what)
  * per value column c: version hlc, site, current value as text. */
 #define RS_COL(c) (5 + 3 * (int)(c))
 
-/* Lock the rows of T that the entries name and read their clocks and current values, in one
- * statement. Each lookup is an index probe (LATERAL subqueries are never turned into a hash
- * join over the whole table) and the rows are locked in key order. Once T's row is locked
- * no local change to it can slip in before we commit: the capture trigger writes the clock
- * row only while its transaction holds that lock. */
+/* Lock the rows of T that the entries name, fold their pending capture log, and read their
+ * clocks and current values. Each lookup is an index probe (LATERAL subqueries are never
+ * turned into a hash join over the whole table) and the rows are locked in key order. The
+ * fold runs once every lock is held (the function is evaluated after the aggregate below
+ * has consumed the locking scan): a local change to a locked row cannot commit before we do,
+ * so the clocks read next include every local change committed before this apply. A row that
+ * does not exist cannot be locked; a local insert of it racing ours makes our INSERT fail and
+ * the chunk is replayed entry by entry. */
 static PGresult *read_state(pg_db_t *s, const pg_table_t *t, const sync_entry_t **ents, size_t n)
 {
     const char *P = t->cols[0];
@@ -182,18 +185,27 @@ static PGresult *read_state(pg_db_t *s, const pg_table_t *t, const sync_entry_t 
     }
     buf_t sql;
     buf_init(&sql);
-    buf_printf(&sql, "SELECT k.i, c.cl, c.clh, c.cls, t.\"%s\" IS NOT NULL", P);
-    for (unsigned c = 1; c <= t->ncols; c++) {
-        buf_printf(&sql, ", c.\"v_%s\", c.\"s_%s\", t.\"%s\"::text", t->cols[c], t->cols[c],
-                   t->cols[c]);
-    }
     buf_printf(&sql,
-               " FROM (SELECT p, i FROM unnest($1::%s[]) WITH ORDINALITY AS u(p, i) ORDER BY p) k"
-               " LEFT JOIN LATERAL (SELECT * FROM \"%s\" x WHERE x.\"%s\" = k.p FOR UPDATE) t ON"
-               " true LEFT JOIN LATERAL (SELECT * FROM \"rep_c_%s\" y WHERE y.\"%s\" = k.p OFFSET"
-               " 0) c ON true",
-               t->types[0], t->name, P, t->name, P);
+               "SELECT \"rep_fold_%s\"($1::%s[]) FROM (SELECT count(*) FROM (SELECT p FROM "
+               "unnest($1::%s[]) AS u(p) ORDER BY p) k, LATERAL (SELECT 1 FROM \"%s\" x WHERE "
+               "x.\"%s\" = k.p FOR UPDATE) l) z",
+               t->name, t->types[0], t->types[0], t->name, P);
     PGresult *r = sync_pg_q(s, sync_pg_cstr(&sql), 1, parr_done(&k));
+    if (r) {
+        PQclear(r);
+        buf_reset(&sql);
+        buf_printf(&sql, "SELECT k.i, c.cl, c.clh, c.cls, t.\"%s\" IS NOT NULL", P);
+        for (unsigned c = 1; c <= t->ncols; c++) {
+            buf_printf(&sql, ", c.\"v_%s\", c.\"s_%s\", t.\"%s\"::text", t->cols[c], t->cols[c],
+                       t->cols[c]);
+        }
+        buf_printf(&sql,
+                   " FROM unnest($1::%s[]) WITH ORDINALITY AS k(p, i) LEFT JOIN LATERAL (SELECT *"
+                   " FROM \"%s\" x WHERE x.\"%s\" = k.p OFFSET 0) t ON true LEFT JOIN LATERAL"
+                   " (SELECT * FROM \"rep_c_%s\" y WHERE y.\"%s\" = k.p OFFSET 0) c ON true",
+                   t->types[0], t->name, P, t->name, P);
+        r = sync_pg_q(s, sync_pg_cstr(&sql), 1, k.pv);
+    }
     buf_deinit(&sql);
     parr_free(&k);
     if (r && PQntuples(r) != (int)n) {

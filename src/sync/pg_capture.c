@@ -142,18 +142,23 @@ static int table_load(pg_db_t *s, const char *name, pg_table_t *t, char *why, si
     return 0;
 }
 
-static void gen_capture(buf_t *b, const pg_table_t *t, uint32_t site)
+/* The change table rep_c_T (one row per row of T: its clock) and the capture log rep_l_T
+ * (one row per captured change, folded into rep_c_T by the agent). */
+static void gen_tables(buf_t *b, const pg_table_t *t)
 {
     const char *T = t->name, *P = t->cols[0];
-    uint64_t all = t->ncols >= 64 ? ~0ull : ((1ull << t->ncols) - 1);
-    (void)site;
-    buf_printf(b,
-               "CREATE TABLE IF NOT EXISTS \"rep_c_%s\"(\"%s\" %s PRIMARY KEY, seq bigint NOT "
-               "NULL, xid xid8, lh bigint NOT NULL, mask bigint NOT NULL, cl int NOT NULL, clh "
-               "bigint NOT NULL, cls int NOT NULL);"
-               "CREATE INDEX IF NOT EXISTS \"rep_c_%s_xid\" ON \"rep_c_%s\"(xid) WHERE xid IS NOT "
-               "NULL;",
-               T, P, t->types[0], T, T);
+    buf_printf(
+        b,
+        "CREATE TABLE IF NOT EXISTS \"rep_c_%s\"(\"%s\" %s PRIMARY KEY, seq bigint NOT "
+        "NULL, xid xid8, lh bigint NOT NULL, mask bigint NOT NULL, cl int NOT NULL, clh "
+        "bigint NOT NULL, cls int NOT NULL);"
+        "CREATE INDEX IF NOT EXISTS \"rep_c_%s_xid\" ON \"rep_c_%s\"(xid) WHERE xid IS NOT "
+        "NULL;"
+        "CREATE TABLE IF NOT EXISTS \"rep_l_%s\"(seq bigint NOT NULL DEFAULT "
+        "nextval('rep_seq'), \"%s\" %s NOT NULL, op smallint NOT NULL, mask bigint NOT "
+        "NULL, xid xid8 NOT NULL DEFAULT pg_current_xact_id(), h bigint NOT NULL DEFAULT " HLC_PG
+        ");",
+        T, P, t->types[0], T, T, T, P, t->types[0]);
     for (unsigned c = 1; c <= t->ncols; c++) {
         const char *n = t->cols[c];
         buf_printf(b,
@@ -162,34 +167,65 @@ static void gen_capture(buf_t *b, const pg_table_t *t, uint32_t site)
                    "COLUMN IF NOT EXISTS \"bs_%s\" int;",
                    T, n, n, n, n);
     }
-    buf_printf(
-        b,
-        "CREATE OR REPLACE FUNCTION \"rep_trg_%s\"() RETURNS trigger LANGUAGE plpgsql AS "
-        "$rep$\n#variable_conflict use_variable\nDECLARE h bigint; me int; m bigint := 0;"
-        "\nBEGIN\n IF TG_OP = 'UPDATE' THEN\n  IF OLD.\"%s\" IS DISTINCT FROM NEW.\"%s\" THEN "
-        "RAISE EXCEPTION 'multisite-syncd: primary key updates are not replicated; "
-        "delete the row and insert it under the new key'; END IF;\n  m := 0",
-        T, P, P);
+}
+
+/* The capture trigger: one appended log row per change (op 1 insert, 2 update, 3 delete; the
+ * mask of changed columns). Position, xid and HLC are the log's column defaults. No read of
+ * any other row and no upsert: the write path pays one small insert, as Bucardo's does. */
+static void gen_trigger(buf_t *b, const pg_table_t *t)
+{
+    const char *T = t->name, *P = t->cols[0];
+    uint64_t all = t->ncols >= 64 ? ~0ull : ((1ull << t->ncols) - 1);
+    buf_printf(b,
+               "CREATE OR REPLACE FUNCTION \"rep_trg_%s\"() RETURNS trigger LANGUAGE plpgsql AS "
+               "$rep$\nDECLARE m bigint;\nBEGIN\n IF TG_OP = 'INSERT' THEN\n  INSERT INTO "
+               "\"rep_l_%s\"(\"%s\", op, mask) VALUES (NEW.\"%s\", 1, %lld);\n ELSIF TG_OP = "
+               "'DELETE' THEN\n  INSERT INTO \"rep_l_%s\"(\"%s\", op, mask) VALUES (OLD.\"%s\", 3, "
+               "0);\n ELSE\n  IF OLD.\"%s\" IS DISTINCT FROM NEW.\"%s\" THEN RAISE EXCEPTION "
+               "'multisite-syncd: primary key updates are not replicated; delete the row and "
+               "insert it under the new key'; END IF;\n  m := 0",
+               T, T, P, P, (long long)all, T, P, P, P, P);
     for (unsigned c = 1; c <= t->ncols; c++) {
         buf_printf(b, " | (CASE WHEN OLD.\"%s\" IS DISTINCT FROM NEW.\"%s\" THEN %lld ELSE 0 END)",
                    t->cols[c], t->cols[c], (long long)(1ull << (c - 1)));
     }
     buf_printf(b,
-               ";\n  IF m = 0 THEN RETURN NULL; END IF;\n ELSIF TG_OP = 'INSERT' THEN m := %lld; "
-               "END IF;\n SELECT greatest(" HLC_PG
-               ", r.hlc + 1), r.site INTO h, me FROM rep_meta r;\n"
-               " IF TG_OP = 'DELETE' THEN\n  INSERT INTO \"rep_c_%s\" AS c (\"%s\", seq, xid, lh, "
-               "mask, cl, clh, cls) VALUES (OLD.\"%s\", nextval('rep_seq'), pg_current_xact_id(), "
-               "h, 0, 2, h, me) ON CONFLICT (\"%s\") DO UPDATE SET seq = excluded.seq, xid = "
-               "excluded.xid, lh = excluded.lh, mask = 0, cl = c.cl + (c.cl %% 2), clh = "
-               "greatest(excluded.clh, c.clh + 1), cls = excluded.cls;\n  RETURN NULL;\n END IF;\n"
-               " INSERT INTO \"rep_c_%s\" AS c (\"%s\", seq, xid, lh, mask, cl, clh, cls",
-               (long long)all, T, P, P, P, T, P);
+               ";\n  IF m <> 0 THEN INSERT INTO \"rep_l_%s\"(\"%s\", op, mask) VALUES "
+               "(NEW.\"%s\", 2, m); END IF;\n END IF;\n RETURN NULL;\nEND\n$rep$;"
+               "DROP TRIGGER IF EXISTS \"rep_t_%s\" ON \"%s\";"
+               "CREATE TRIGGER \"rep_t_%s\" AFTER INSERT OR UPDATE OR DELETE ON \"%s\" FOR EACH "
+               "ROW WHEN (current_setting('rep.applying', true) IS DISTINCT FROM 'on') EXECUTE "
+               "FUNCTION \"rep_trg_%s\"();",
+               T, P, P, T, T, T, T, T);
+}
+
+/* rep_fold_T(keys): move the log rows of those keys (all when NULL) into rep_c_T, in
+ * position order, atomically (the rows deleted are exactly the rows folded). Per change:
+ * the position and xid become the row's, the causal length steps, and each changed column
+ * gets version max(h, previous + 1) by this site with the overwritten version as its base.
+ * The mask accumulates within one transaction and restarts with the next. */
+static void gen_fold(buf_t *b, const pg_table_t *t, uint32_t site)
+{
+    const char *T = t->name, *P = t->cols[0];
+    buf_printf(b,
+               "CREATE OR REPLACE FUNCTION \"rep_fold_%s\"(k %s[]) RETURNS int LANGUAGE plpgsql "
+               "AS $rep$\n#variable_conflict use_variable\nDECLARE r \"rep_l_%s\"; rs "
+               "\"rep_l_%s\"[]; h bigint; m bigint; me int := %u;\nBEGIN\n WITH d AS (DELETE FROM "
+               "\"rep_l_%s\" l WHERE k IS NULL OR l.\"%s\" = ANY(k) RETURNING l.*) SELECT "
+               "array_agg(ROW(d.seq, d.\"%s\", d.op, d.mask, d.xid, d.h)::\"rep_l_%s\" ORDER BY "
+               "d.seq) INTO rs FROM d;\n IF rs IS NULL THEN RETURN 0; END IF;\n FOREACH r IN "
+               "ARRAY rs LOOP\n  h := r.h; m := r.mask;\n  IF r.op = 3 THEN\n"
+               "   INSERT INTO \"rep_c_%s\" AS c (\"%s\", seq, xid, lh, mask, cl, clh, cls) VALUES "
+               "(r.\"%s\", r.seq, r.xid, h, 0, 2, h, me) ON CONFLICT (\"%s\") DO UPDATE SET seq = "
+               "excluded.seq, xid = excluded.xid, lh = excluded.lh, mask = 0, cl = c.cl + (c.cl "
+               "%% 2), clh = greatest(excluded.clh, c.clh + 1), cls = excluded.cls;\n"
+               "   CONTINUE;\n  END IF;\n"
+               "  INSERT INTO \"rep_c_%s\" AS c (\"%s\", seq, xid, lh, mask, cl, clh, cls",
+               T, t->types[0], T, T, site, T, P, P, T, T, P, P, P, T, P);
     for (unsigned c = 1; c <= t->ncols; c++) {
         buf_printf(b, ", \"v_%s\", \"s_%s\"", t->cols[c], t->cols[c]);
     }
-    buf_printf(b, ") VALUES (NEW.\"%s\", nextval('rep_seq'), pg_current_xact_id(), h, m, 1, h, me",
-               P);
+    buf_printf(b, ") VALUES (r.\"%s\", r.seq, r.xid, h, m, 1, h, me", P);
     for (unsigned c = 1; c <= t->ncols; c++) {
         long long bit = (long long)(1ull << (c - 1));
         buf_printf(b, ", CASE WHEN m & %lld <> 0 THEN h END, CASE WHEN m & %lld <> 0 THEN me END",
@@ -198,10 +234,9 @@ static void gen_capture(buf_t *b, const pg_table_t *t, uint32_t site)
     buf_printf(b,
                ") ON CONFLICT (\"%s\") DO UPDATE SET seq = excluded.seq, xid = excluded.xid, lh "
                "= excluded.lh, mask = CASE WHEN c.xid = excluded.xid THEN c.mask | excluded.mask "
-               "ELSE excluded.mask END, cl = CASE WHEN TG_OP = 'INSERT' THEN c.cl + 1 - (c.cl %% "
-               "2) ELSE c.cl END, clh = CASE WHEN TG_OP = 'INSERT' THEN greatest(excluded.clh, "
-               "c.clh + 1) ELSE c.clh END, cls = CASE WHEN TG_OP = 'INSERT' THEN excluded.cls "
-               "ELSE c.cls END",
+               "ELSE excluded.mask END, cl = CASE WHEN r.op = 1 THEN c.cl + 1 - (c.cl %% 2) ELSE "
+               "c.cl END, clh = CASE WHEN r.op = 1 THEN greatest(excluded.clh, c.clh + 1) ELSE "
+               "c.clh END, cls = CASE WHEN r.op = 1 THEN excluded.cls ELSE c.cls END",
                P);
     for (unsigned c = 1; c <= t->ncols; c++) {
         const char *n = t->cols[c];
@@ -214,13 +249,16 @@ static void gen_capture(buf_t *b, const pg_table_t *t, uint32_t site)
             "c.\"v_%s\" + 1) END, \"s_%s\" = coalesce(excluded.\"s_%s\", c.\"s_%s\")",
             n, n, n, n, n, n, n, n, n, n, n, n, n, n, n, n, n, n);
     }
-    buf_printf(b,
-               ";\n RETURN NULL;\nEND\n$rep$;"
-               "DROP TRIGGER IF EXISTS \"rep_t_%s\" ON \"%s\";"
-               "CREATE TRIGGER \"rep_t_%s\" AFTER INSERT OR UPDATE OR DELETE ON \"%s\" FOR EACH "
-               "ROW WHEN (current_setting('rep.applying', true) IS DISTINCT FROM 'on') EXECUTE "
-               "FUNCTION \"rep_trg_%s\"();",
-               T, T, T, T, T);
+    buf_printf(b, ";\n END LOOP;\n RETURN cardinality(rs);\nEND\n$rep$;");
+}
+
+static void gen_capture(buf_t *b, const pg_table_t *t, uint32_t site)
+{
+    const char *T = t->name, *P = t->cols[0];
+    uint64_t all = t->ncols >= 64 ? ~0ull : ((1ull << t->ncols) - 1);
+    gen_tables(b, t);
+    gen_trigger(b, t);
+    gen_fold(b, t, site);
     /* Rows that existed before capture: one clock row each, sent like any change. */
     buf_printf(b, "INSERT INTO \"rep_c_%s\"(\"%s\", seq, xid, lh, mask, cl, clh, cls", T, P);
     for (unsigned c = 1; c <= t->ncols; c++) {
@@ -240,11 +278,40 @@ static void gen_capture(buf_t *b, const pg_table_t *t, uint32_t site)
                T, T, P, P);
 }
 
+/* Fold what the installed capture logged before replacing it: the log's masks are in the
+ * column order of the function that folds them. */
+static int fold_old(pg_db_t *s, const pg_table_t *t, char *why, size_t whylen)
+{
+    char sql[200];
+    snprintf(sql, sizeof(sql), "SELECT to_regproc('\"rep_fold_%s\"') IS NOT NULL", t->name);
+    if (sync_pg_q_int(s, sql) == 0) {
+        return 0;
+    }
+    snprintf(sql, sizeof(sql), "SELECT \"rep_fold_%s\"(NULL)", t->name);
+    if (sync_pg_ex(s, sql) != 0) {
+        snprintf(why, whylen, "folding the capture log of %s: %s", t->name, PQerrorMessage(s->pc));
+        return MS_EDB;
+    }
+    return 0;
+}
+
+int sync_pg_fold(pg_db_t *s)
+{
+    if (!s->fold_sql.len) {
+        buf_printf(&s->fold_sql, "SELECT 0");
+        for (size_t i = 0; i < s->nt; i++) {
+            buf_printf(&s->fold_sql, ", \"rep_fold_%s\"(NULL)", s->t[i].name);
+        }
+    }
+    return sync_pg_ex(s, sync_pg_cstr(&s->fold_sql));
+}
+
 int sync_pg_init(sync_db_t *db, char *why, size_t whylen)
 {
     pg_db_t *s = (pg_db_t *)db;
     const sync_conf_t *c = db->conf;
     sync_pg_tables_free(s);
+    buf_reset(&s->fold_sql);
     if (sync_pg_ex(s, "BEGIN") != 0) {
         snprintf(why, whylen, "cannot start the init transaction: %s", PQerrorMessage(s->pc));
         return MS_EDB;
@@ -272,6 +339,10 @@ int sync_pg_init(sync_db_t *db, char *why, size_t whylen)
             break;
         }
         s->nt++;
+        rc = fold_old(s, &s->t[i], why, whylen);
+        if (rc != 0) {
+            break;
+        }
         buf_t b;
         buf_init(&b);
         gen_capture(&b, &s->t[i], s->site);

@@ -27,6 +27,8 @@ typedef struct {
     pg_table_t *t;
     size_t nt;
     uint32_t site;
+    buf_t fold_sql;        /* SELECT rep_fold_T(NULL), ... for every table */
+    uint64_t next_fold_ms; /* idle fold of the capture logs (sync_pg_changed) */
 } pg_db_t;
 
 /* Positions on PostgreSQL: tick id << PG_PART_BITS | part (pg_read.c). */
@@ -50,6 +52,9 @@ void sync_pg_arr_int(buf_t *b, bool isnull, int64_t x, bool first);
 void sync_pg_arr_text(buf_t *b, const char *s, bool first);
 /* A version from two adjacent result columns (hlc, site); none when either is NULL. */
 sync_ver_t sync_pg_ver(PGresult *r, int row, int col);
+
+/* Fold every table's capture log into its change table (pg_capture.c). */
+int sync_pg_fold(pg_db_t *s);
 
 /* Backend operations, by file. */
 int sync_pg_init(sync_db_t *db, char *why, size_t whylen);   /* pg_capture.c */

@@ -4,7 +4,17 @@
 
 bool sync_pg_changed(sync_db_t *db)
 {
-    (void)db; /* commits of other sessions are not observable cheaply: look every poll */
+    /* Commits of other sessions are not observable cheaply: look every poll. Fold the capture
+     * logs once a second even when no peer is reading, so an offline peer does not leave a
+     * log of every single change (the change table keeps one row per row). */
+    pg_db_t *s = (pg_db_t *)db;
+    uint64_t now = time_mono_ms();
+    if (now >= s->next_fold_ms) {
+        s->next_fold_ms = now + 1000;
+        if (sync_pg_fold(s) != 0) {
+            log_warn("postgresql: folding the capture logs failed");
+        }
+    }
     return true;
 }
 
@@ -177,7 +187,14 @@ int sync_pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t *
     pg_db_t *s = (pg_db_t *)db;
     *n = 0;
     *hi = after;
+    /* The fold is the transaction's first statement, so it moves exactly the changes of the
+     * transactions visible in the snapshot that the new tick saves: a change folded later
+     * belongs to a transaction this tick does not see, hence to a later window. */
     if (sync_pg_ex(s, "BEGIN ISOLATION LEVEL REPEATABLE READ") != 0) {
+        return MS_EDB;
+    }
+    if (sync_pg_fold(s) != 0) {
+        PQclear(PQexec(s->pc, "ROLLBACK"));
         return MS_EDB;
     }
     pg_target_t tg;
