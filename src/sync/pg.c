@@ -231,25 +231,58 @@ sync_ver_t sync_pg_ver(PGresult *r, int row, int col)
     return v;
 }
 
-static int pg_set_acked(sync_db_t *db, uint32_t peer, uint64_t acked)
+/* Write the acknowledged positions recorded since the last write, in one transaction. */
+int sync_pg_flush_acked(pg_db_t *s)
 {
-    pg_db_t *s = (pg_db_t *)db;
-    const sync_conf_t *c = db->conf;
+    if (!s->nack) {
+        return 0;
+    }
+    const sync_conf_t *c = s->base.conf;
     buf_t b;
     buf_init(&b);
-    buf_printf(&b,
-               "INSERT INTO rep_peer(site, acked) VALUES(%u, %llu) ON CONFLICT (site) DO UPDATE "
-               "SET acked = greatest(rep_peer.acked, excluded.acked);",
-               peer, (unsigned long long)acked);
+    buf_printf(&b, "INSERT INTO rep_peer(site, acked) VALUES");
+    for (size_t i = 0; i < s->nack; i++) {
+        buf_printf(&b, "%s(%u, %llu)", i ? ", " : " ", s->ack_peer[i],
+                   (unsigned long long)s->ack_val[i]);
+    }
+    buf_printf(&b, " ON CONFLICT (site) DO UPDATE SET acked = greatest(rep_peer.acked, "
+                   "excluded.acked);");
     sync_pg_acked_sql(&b, c);
     int rc = sync_pg_ex(s, sync_pg_cstr(&b));
     buf_deinit(&b);
+    s->nack = rc == 0 ? 0 : s->nack;
+    s->next_ack_ms = time_mono_ms() + PG_ACK_WRITE_MS;
     return rc;
+}
+
+/* An acknowledgement is recorded in memory and written at most every PG_ACK_WRITE_MS (and
+ * by sync_pg_changed, status and close): a commit per ACK would sit in the agent's loop
+ * between the ACK and the next batch. Losing the last few in a crash is harmless: the peer
+ * sends its cursor in HELLO, which is authoritative, and a stale rep_peer only keeps ticks a
+ * little longer. */
+static int pg_set_acked(sync_db_t *db, uint32_t peer, uint64_t acked)
+{
+    pg_db_t *s = (pg_db_t *)db;
+    size_t i = 0;
+    while (i < s->nack && s->ack_peer[i] != peer) {
+        i++;
+    }
+    if (i == s->nack) {
+        if (s->nack == MS_ARRAY_LEN(s->ack_peer)) {
+            return sync_pg_flush_acked(s) == 0 ? pg_set_acked(db, peer, acked) : MS_EDB;
+        }
+        s->ack_peer[s->nack] = peer;
+        s->ack_val[s->nack++] = acked;
+    } else if (acked > s->ack_val[i]) {
+        s->ack_val[i] = acked;
+    }
+    return time_mono_ms() >= s->next_ack_ms ? sync_pg_flush_acked(s) : 0;
 }
 
 static int pg_status(sync_db_t *db, sync_db_status_t *out)
 {
     pg_db_t *s = (pg_db_t *)db;
+    sync_pg_flush_acked(s);
     const sync_conf_t *c = db->conf;
     memset(out, 0, sizeof(*out));
     out->conflicts = (uint64_t)sync_pg_q_int(s, "SELECT count(*) FROM rep_conflict");
@@ -303,6 +336,7 @@ static void pg_close(sync_db_t *db)
     if (!s) {
         return;
     }
+    sync_pg_flush_acked(s);
     sync_pg_tables_free(s);
     buf_deinit(&s->fold_sql);
     PQfinish(s->pc);

@@ -295,15 +295,30 @@ static int fold_old(pg_db_t *s, const pg_table_t *t, char *why, size_t whylen)
     return 0;
 }
 
-int sync_pg_fold(pg_db_t *s)
+int sync_pg_fold(pg_db_t *s, const char *prefix)
 {
     if (!s->fold_sql.len) {
         buf_printf(&s->fold_sql, "SELECT 0");
         for (size_t i = 0; i < s->nt; i++) {
-            buf_printf(&s->fold_sql, ", \"rep_fold_%s\"(NULL)", s->t[i].name);
+            buf_printf(&s->fold_sql, " + \"rep_fold_%s\"(NULL)", s->t[i].name);
         }
     }
-    return sync_pg_ex(s, sync_pg_cstr(&s->fold_sql));
+    buf_t sql;
+    buf_init(&sql);
+    buf_printf(&sql, "%s%s", prefix ? prefix : "", sync_pg_cstr(&s->fold_sql));
+    int64_t n = -1;
+    PGresult *r = sync_pg_q(s, sync_pg_cstr(&sql), 0, NULL);
+    if (r && PQntuples(r) == 1) {
+        n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    }
+    PQclear(r);
+    buf_deinit(&sql);
+    if (n < 0) {
+        log_err("postgresql: folding the capture logs: %s", PQerrorMessage(s->pc));
+        return MS_EDB;
+    }
+    s->dirty = s->dirty || n > 0;
+    return n > INT32_MAX ? INT32_MAX : (int)n;
 }
 
 int sync_pg_init(sync_db_t *db, char *why, size_t whylen)

@@ -29,7 +29,24 @@ typedef struct {
     uint32_t site;
     buf_t fold_sql;        /* SELECT rep_fold_T(NULL), ... for every table */
     uint64_t next_fold_ms; /* idle fold of the capture logs (sync_pg_changed) */
+    /* The read fast path (pg_read.c): tip is the position of the last part of the newest
+     * tick, when the last window computation found nothing past it; dirty is set by every
+     * fold that moved rows since. A peer at tip with dirty clear only needs a fold to learn
+     * that nothing is new. */
+    uint64_t tip;
+    bool dirty;
+    /* The cursor of the last origin applied, known after its commit (pg_apply.c). */
+    uint32_t cur_origin;
+    uint64_t cur_seq;
+    bool cur_ok;
+    /* Acknowledged positions not written yet (pg.c, sync_pg_flush_acked). */
+    uint32_t ack_peer[64];
+    uint64_t ack_val[64];
+    size_t nack;
+    uint64_t next_ack_ms;
 } pg_db_t;
+
+#define PG_ACK_WRITE_MS 200
 
 /* Positions on PostgreSQL: tick id << PG_PART_BITS | part (pg_read.c). */
 #define PG_PART_BITS 24
@@ -43,6 +60,7 @@ int sync_pg_ex(pg_db_t *s, const char *sql);
 /* First column of the first row as an integer (0 when none). */
 int64_t sync_pg_q_int(pg_db_t *s, const char *sql);
 void sync_pg_tables_free(pg_db_t *s);
+int sync_pg_flush_acked(pg_db_t *s);
 
 /* Values: text result -> wire value; wire value -> array literal element. */
 void sync_pg_val(PGresult *r, int row, int col, unsigned oid, arena_t *a, sync_val_t *v);
@@ -53,8 +71,10 @@ void sync_pg_arr_text(buf_t *b, const char *s, bool first);
 /* A version from two adjacent result columns (hlc, site); none when either is NULL. */
 sync_ver_t sync_pg_ver(PGresult *r, int row, int col);
 
-/* Fold every table's capture log into its change table (pg_capture.c). */
-int sync_pg_fold(pg_db_t *s);
+/* Fold every table's capture log into its change table, in one statement run after `prefix`
+ * (e.g. a BEGIN) in the same round trip; the number of log rows moved, or MS_EDB. Sets dirty
+ * when rows moved (pg_capture.c). */
+int sync_pg_fold(pg_db_t *s, const char *prefix);
 
 /* Backend operations, by file. */
 int sync_pg_init(sync_db_t *db, char *why, size_t whylen);   /* pg_capture.c */

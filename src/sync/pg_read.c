@@ -9,9 +9,12 @@ bool sync_pg_changed(sync_db_t *db)
      * log of every single change (the change table keeps one row per row). */
     pg_db_t *s = (pg_db_t *)db;
     uint64_t now = time_mono_ms();
+    if (s->nack && now >= s->next_ack_ms && sync_pg_flush_acked(s) != 0) {
+        log_warn("postgresql: recording acknowledged positions failed");
+    }
     if (now >= s->next_fold_ms) {
         s->next_fold_ms = now + 1000;
-        if (sync_pg_fold(s) != 0) {
+        if (sync_pg_fold(s, NULL) < 0) {
             log_warn("postgresql: folding the capture logs failed");
         }
     }
@@ -31,6 +34,8 @@ typedef struct {
     unsigned part;
     char *snap, *lo_snap;
     int64_t lo_seq, hi_seq; /* the part: rows with lo_seq < seq <= hi_seq */
+    unsigned nparts;        /* of a tick created by this read */
+    bool computed;          /* a new window was computed (created, or found empty) */
 } pg_target_t;
 
 static void target_free(pg_target_t *t)
@@ -141,6 +146,7 @@ static int next_target(pg_db_t *s, uint64_t after, size_t max, pg_target_t *t)
         return MS_EDB;
     }
     int nrows = PQntuples(r);
+    t->computed = true;
     if (nrows == 0) {
         PQclear(r);
         free(last_snap);
@@ -175,6 +181,7 @@ static int next_target(pg_db_t *s, uint64_t after, size_t max, pg_target_t *t)
         t->lo_snap = last_snap;
         last_snap = NULL;
         part_range(sync_pg_cstr(&bounds), 0, &t->lo_seq, &t->hi_seq, &nparts);
+        t->nparts = nparts;
     }
     PQclear(r);
     buf_deinit(&bounds);
@@ -190,22 +197,31 @@ int sync_pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t *
     /* The fold is the transaction's first statement, so it moves exactly the changes of the
      * transactions visible in the snapshot that the new tick saves: a change folded later
      * belongs to a transaction this tick does not see, hence to a later window. */
-    if (sync_pg_ex(s, "BEGIN ISOLATION LEVEL REPEATABLE READ") != 0) {
-        return MS_EDB;
+    if (after && after == s->tip && !s->dirty) {
+        /* Caught up: one round trip tells whether anything committed since. */
+        int nf = sync_pg_fold(s, NULL);
+        if (nf <= 0) {
+            return nf;
+        }
     }
-    if (sync_pg_fold(s) != 0) {
+    s->dirty = false; /* folds from here on are seen by this read's window, or set it again */
+    if (sync_pg_fold(s, "BEGIN ISOLATION LEVEL REPEATABLE READ; ") < 0) {
         PQclear(PQexec(s->pc, "ROLLBACK"));
+        s->dirty = true;
         return MS_EDB;
     }
     pg_target_t tg;
     int rc = next_target(s, after, max ? max : 1, &tg);
     if (rc != 0 || tg.id == 0) {
         target_free(&tg);
-        if (rc == 0) {
-            return sync_pg_ex(s, "COMMIT");
+        if (rc == 0 && sync_pg_ex(s, "COMMIT") == 0) {
+            s->tip = tg.computed ? after : s->tip;
+            s->dirty = s->dirty || !tg.computed;
+            return 0;
         }
         PQclear(PQexec(s->pc, "ROLLBACK"));
-        return rc;
+        s->dirty = true;
+        return rc ? rc : MS_EDB;
     }
     uint64_t pos = PG_POS(tg.id, tg.part);
     char los[32], his[32];
@@ -294,6 +310,11 @@ int sync_pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t *
         rc = sync_pg_ex(s, "COMMIT");
     } else {
         PQclear(PQexec(s->pc, "ROLLBACK"));
+    }
+    if (rc == 0 && tg.computed) {
+        s->tip = PG_POS(tg.id, tg.nparts ? tg.nparts - 1 : 0);
+    } else {
+        s->dirty = true; /* what this read folded is in no window yet */
     }
     target_free(&tg);
     return rc;
