@@ -199,45 +199,45 @@ static void gen_trigger(buf_t *b, const pg_table_t *t)
                T, P, P, T, T, T, T, T);
 }
 
-/* rep_fold_T(keys): move the log rows of those keys (all when NULL) into rep_c_T, in
- * position order, atomically (the rows deleted are exactly the rows folded). Per change:
- * the position and xid become the row's, the causal length steps, and each changed column
- * gets version max(h, previous + 1) by this site with the overwritten version as its base.
- * The mask accumulates within one transaction and restarts with the next. */
-static void gen_fold(buf_t *b, const pg_table_t *t, uint32_t site)
+/* One fold upsert of rep_c_T from log rows named `a` (columns seq, key, op, mask, xid, h):
+ * `from` is "" when `a` is the loop variable, or a FROM clause giving `a` one row per key.
+ * `op` is how the upsert's conflict branch knows the kind of change (1 insert, 2 update; 3
+ * delete has its own statement). */
+static void gen_upsert(buf_t *b, const pg_table_t *t, const char *a, const char *op,
+                       const char *from)
 {
     const char *T = t->name, *P = t->cols[0];
-    buf_printf(b,
-               "CREATE OR REPLACE FUNCTION \"rep_fold_%s\"(k %s[]) RETURNS int LANGUAGE plpgsql "
-               "AS $rep$\n#variable_conflict use_variable\nDECLARE r \"rep_l_%s\"; rs "
-               "\"rep_l_%s\"[]; h bigint; m bigint; me int := %u;\nBEGIN\n WITH d AS (DELETE FROM "
-               "\"rep_l_%s\" l WHERE k IS NULL OR l.\"%s\" = ANY(k) RETURNING l.*) SELECT "
-               "array_agg(ROW(d.seq, d.\"%s\", d.op, d.mask, d.xid, d.h)::\"rep_l_%s\" ORDER BY "
-               "d.seq) INTO rs FROM d;\n IF rs IS NULL THEN RETURN 0; END IF;\n FOREACH r IN "
-               "ARRAY rs LOOP\n  h := r.h; m := r.mask;\n  IF r.op = 3 THEN\n"
-               "   INSERT INTO \"rep_c_%s\" AS c (\"%s\", seq, xid, lh, mask, cl, clh, cls) VALUES "
-               "(r.\"%s\", r.seq, r.xid, h, 0, 2, h, me) ON CONFLICT (\"%s\") DO UPDATE SET seq = "
-               "excluded.seq, xid = excluded.xid, lh = excluded.lh, mask = 0, cl = c.cl + (c.cl "
-               "%% 2), clh = greatest(excluded.clh, c.clh + 1), cls = excluded.cls;\n"
-               "   CONTINUE;\n  END IF;\n"
-               "  INSERT INTO \"rep_c_%s\" AS c (\"%s\", seq, xid, lh, mask, cl, clh, cls",
-               T, t->types[0], T, T, site, T, P, P, T, T, P, P, P, T, P);
+    if (strcmp(op, "3") == 0) {
+        buf_printf(
+            b,
+            "INSERT INTO \"rep_c_%s\" AS c (\"%s\", seq, xid, lh, mask, cl, clh, cls) SELECT "
+            "%s.\"%s\", %s.seq, %s.xid, %s.h, 0, 2, %s.h, me%s ON CONFLICT (\"%s\") DO UPDATE "
+            "SET seq = excluded.seq, xid = excluded.xid, lh = excluded.lh, mask = 0, cl = "
+            "c.cl + (c.cl %% 2), clh = greatest(excluded.clh, c.clh + 1), cls = "
+            "excluded.cls;\n",
+            T, P, a, P, a, a, a, a, from, P);
+        return;
+    }
+    buf_printf(b, "INSERT INTO \"rep_c_%s\" AS c (\"%s\", seq, xid, lh, mask, cl, clh, cls", T, P);
     for (unsigned c = 1; c <= t->ncols; c++) {
         buf_printf(b, ", \"v_%s\", \"s_%s\"", t->cols[c], t->cols[c]);
     }
-    buf_printf(b, ") VALUES (r.\"%s\", r.seq, r.xid, h, m, 1, h, me", P);
+    buf_printf(b, ") SELECT %s.\"%s\", %s.seq, %s.xid, %s.h, %s.mask, 1, %s.h, me", a, P, a, a, a,
+               a, a);
     for (unsigned c = 1; c <= t->ncols; c++) {
         long long bit = (long long)(1ull << (c - 1));
-        buf_printf(b, ", CASE WHEN m & %lld <> 0 THEN h END, CASE WHEN m & %lld <> 0 THEN me END",
-                   bit, bit);
+        buf_printf(b,
+                   ", CASE WHEN %s.mask & %lld <> 0 THEN %s.h END, CASE WHEN %s.mask & %lld <> 0 "
+                   "THEN me END",
+                   a, bit, a, a, bit);
     }
     buf_printf(b,
-               ") ON CONFLICT (\"%s\") DO UPDATE SET seq = excluded.seq, xid = excluded.xid, lh "
+               "%s ON CONFLICT (\"%s\") DO UPDATE SET seq = excluded.seq, xid = excluded.xid, lh "
                "= excluded.lh, mask = CASE WHEN c.xid = excluded.xid THEN c.mask | excluded.mask "
-               "ELSE excluded.mask END, cl = CASE WHEN r.op = 1 THEN c.cl + 1 - (c.cl %% 2) ELSE "
-               "c.cl END, clh = CASE WHEN r.op = 1 THEN greatest(excluded.clh, c.clh + 1) ELSE "
-               "c.clh END, cls = CASE WHEN r.op = 1 THEN excluded.cls ELSE c.cls END",
-               P);
+               "ELSE excluded.mask END, cl = CASE WHEN %s = 1 THEN c.cl + 1 - (c.cl %% 2) ELSE "
+               "c.cl END, clh = CASE WHEN %s = 1 THEN greatest(excluded.clh, c.clh + 1) ELSE "
+               "c.clh END, cls = CASE WHEN %s = 1 THEN excluded.cls ELSE c.cls END",
+               from, P, op, op, op);
     for (unsigned c = 1; c <= t->ncols; c++) {
         const char *n = t->cols[c];
         buf_printf(
@@ -249,7 +249,45 @@ static void gen_fold(buf_t *b, const pg_table_t *t, uint32_t site)
             "c.\"v_%s\" + 1) END, \"s_%s\" = coalesce(excluded.\"s_%s\", c.\"s_%s\")",
             n, n, n, n, n, n, n, n, n, n, n, n, n, n, n, n, n, n);
     }
-    buf_printf(b, ";\n END LOOP;\n RETURN cardinality(rs);\nEND\n$rep$;");
+    buf_printf(b, ";\n");
+}
+
+/* rep_fold_T(keys): move the log rows of those keys (all when NULL) into rep_c_T, in
+ * position order, atomically (the rows deleted are exactly the rows folded). Per change:
+ * the position and xid become the row's, the causal length steps, and each changed column
+ * gets version max(h, previous + 1) by this site with the overwritten version as its base.
+ * The mask accumulates within one transaction and restarts with the next. Keys changed once
+ * (most of them) are folded by three set-based statements, the others one change at a
+ * time in order. */
+static void gen_fold(buf_t *b, const pg_table_t *t, uint32_t site)
+{
+    const char *T = t->name, *P = t->cols[0];
+    buf_printf(b,
+               "CREATE OR REPLACE FUNCTION \"rep_fold_%s\"(k %s[]) RETURNS int LANGUAGE plpgsql "
+               "AS $rep$\n#variable_conflict use_variable\nDECLARE r \"rep_l_%s\"; rs "
+               "\"rep_l_%s\"[]; me int := %u;\nBEGIN\n WITH d AS (DELETE FROM \"rep_l_%s\" l "
+               "WHERE k IS NULL OR l.\"%s\" = ANY(k) RETURNING l.*) SELECT array_agg(ROW(d.seq, "
+               "d.\"%s\", d.op, d.mask, d.xid, d.h)::\"rep_l_%s\" ORDER BY d.seq) INTO rs FROM d;\n"
+               " IF rs IS NULL THEN RETURN 0; END IF;\n",
+               T, t->types[0], T, T, site, T, P, P, T);
+    for (int op = 1; op <= 3; op++) {
+        char from[256], ops[4];
+        snprintf(from, sizeof(from),
+                 " FROM (SELECT x.*, count(*) OVER (PARTITION BY x.\"%s\") AS n FROM unnest(rs) "
+                 "x) q WHERE q.n = 1 AND q.op = %d",
+                 P, op);
+        snprintf(ops, sizeof(ops), "%d", op);
+        gen_upsert(b, t, "q", ops, from);
+    }
+    buf_printf(b,
+               " FOREACH r IN ARRAY ARRAY(SELECT ROW(q.seq, q.\"%s\", q.op, q.mask, q.xid, "
+               "q.h)::\"rep_l_%s\" FROM (SELECT x.*, count(*) OVER (PARTITION BY x.\"%s\") AS n "
+               "FROM unnest(rs) x) q WHERE q.n > 1 ORDER BY q.seq) LOOP\n  IF r.op = 3 THEN\n",
+               P, T, P);
+    gen_upsert(b, t, "r", "3", "");
+    buf_printf(b, "  ELSE\n");
+    gen_upsert(b, t, "r", "r.op", "");
+    buf_printf(b, "  END IF;\n END LOOP;\n RETURN cardinality(rs);\nEND\n$rep$;");
 }
 
 static void gen_capture(buf_t *b, const pg_table_t *t, uint32_t site)
