@@ -257,37 +257,38 @@ static void gen_upsert(buf_t *b, const pg_table_t *t, const char *a, const char 
  * the position and xid become the row's, the causal length steps, and each changed column
  * gets version max(h, previous + 1) by this site with the overwritten version as its base.
  * The mask accumulates within one transaction and restarts with the next. Keys changed once
- * (most of them) are folded by three set-based statements, the others one change at a
- * time in order. */
+ * (most of them) are folded by one set-based statement, the others one change at a time
+ * in order. */
 static void gen_fold(buf_t *b, const pg_table_t *t, uint32_t site)
 {
     const char *T = t->name, *P = t->cols[0];
     buf_printf(b,
                "CREATE OR REPLACE FUNCTION \"rep_fold_%s\"(k %s[]) RETURNS int LANGUAGE plpgsql "
                "AS $rep$\n#variable_conflict use_variable\nDECLARE r \"rep_l_%s\"; rs "
-               "\"rep_l_%s\"[]; me int := %u;\nBEGIN\n WITH d AS (DELETE FROM \"rep_l_%s\" l "
-               "WHERE k IS NULL OR l.\"%s\" = ANY(k) RETURNING l.*) SELECT array_agg(ROW(d.seq, "
-               "d.\"%s\", d.op, d.mask, d.xid, d.h)::\"rep_l_%s\" ORDER BY d.seq) INTO rs FROM d;\n"
-               " IF rs IS NULL THEN RETURN 0; END IF;\n",
-               T, t->types[0], T, T, site, T, P, P, T);
+               "\"rep_l_%s\"[]; total int; me int := %u;\nBEGIN\n WITH d AS (DELETE FROM "
+               "\"rep_l_%s\" l WHERE k IS NULL OR l.\"%s\" = ANY(k) RETURNING l.*), q AS "
+               "(SELECT d.*, count(*) OVER (PARTITION BY d.\"%s\") AS n FROM d)",
+               T, t->types[0], T, T, site, T, P, P);
+    /* keys changed once: one data-modifying CTE per kind of change (they touch different
+     * keys); the others come back in position order */
     for (int op = 1; op <= 3; op++) {
-        char from[256], ops[4];
-        snprintf(from, sizeof(from),
-                 " FROM (SELECT x.*, count(*) OVER (PARTITION BY x.\"%s\") AS n FROM unnest(rs) "
-                 "x) q WHERE q.n = 1 AND q.op = %d",
-                 P, op);
+        char from[96], ops[4];
+        snprintf(from, sizeof(from), " FROM q WHERE q.n = 1 AND q.op = %d", op);
         snprintf(ops, sizeof(ops), "%d", op);
+        buf_printf(b, ", f%d AS (", op);
         gen_upsert(b, t, "q", ops, from);
+        b->len -= 2; /* the statement's ";\n" */
+        buf_printf(b, ")");
     }
     buf_printf(b,
-               " FOREACH r IN ARRAY ARRAY(SELECT ROW(q.seq, q.\"%s\", q.op, q.mask, q.xid, "
-               "q.h)::\"rep_l_%s\" FROM (SELECT x.*, count(*) OVER (PARTITION BY x.\"%s\") AS n "
-               "FROM unnest(rs) x) q WHERE q.n > 1 ORDER BY q.seq) LOOP\n  IF r.op = 3 THEN\n",
-               P, T, P);
+               " SELECT array_agg(ROW(q.seq, q.\"%s\", q.op, q.mask, q.xid, q.h)::\"rep_l_%s\" "
+               "ORDER BY q.seq) FILTER (WHERE q.n > 1), count(*) INTO rs, total FROM q;\n"
+               " FOREACH r IN ARRAY coalesce(rs, '{}') LOOP\n  IF r.op = 3 THEN\n",
+               P, T);
     gen_upsert(b, t, "r", "3", "");
     buf_printf(b, "  ELSE\n");
     gen_upsert(b, t, "r", "r.op", "");
-    buf_printf(b, "  END IF;\n END LOOP;\n RETURN cardinality(rs);\nEND\n$rep$;");
+    buf_printf(b, "  END IF;\n END LOOP;\n RETURN total;\nEND\n$rep$;");
 }
 
 static void gen_capture(buf_t *b, const pg_table_t *t, uint32_t site)
