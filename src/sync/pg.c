@@ -1,30 +1,31 @@
 /* pg.c: the PostgreSQL backend (libpq).
  *
  * Same change-table model as sqlite.c (one rep_c_T row per row of T: causal length, per
- * column version and base), captured by a generated PL/pgSQL AFTER trigger, so any client is
- * captured and no extension is needed. Differences, because PostgreSQL has concurrent
- * writers:
+ * column version and base). A generated PL/pgSQL AFTER trigger appends one row per change
+ * to the capture log rep_l_T, so any client is captured and no extension is needed; the
+ * agent folds the log into rep_c_T (docs/sync.md §3). Differences, because PostgreSQL has
+ * concurrent writers:
  *
  *  - Positions are snapshots, not numbers (PgQ's method, F1 in SYNC-NOTES.md). Each clock row
  *    carries the xid of the transaction that last changed it. The sender "ticks" by saving
  *    pg_current_snapshot() in rep_tick; window k is the rows whose xid is visible in tick k's
  *    snapshot and not in tick k-1's. A transaction that commits late is simply not visible in
  *    the tick that was taken while it ran, so it falls into a later window: no gap, no time
- *    guess. The position sent to peers is the tick id, and a window is applied in one
- *    transaction, so a row that moved to a later window since (changed again) never shifts
- *    anything: the cursor only ever names whole windows.
- *  - The HLC of a change is max(clock_timestamp(), rep_meta.hlc + 1), the floor the agent
- *    raises after applying remote versions; per column it is max(that, previous version +
- *    1) under the clock row's lock, so a site's versions of one column strictly increase. No
- *    shared counter row is updated by the triggers, so concurrent writers do not serialise
- *    on capture.
+ *    guess. The read folds the log as the first statement of its snapshot, so every change
+ *    of a transaction the tick sees is in rep_c_T. The position sent to peers is the tick id,
+ *    and a window is applied in one transaction, so a row that moved to a later window since
+ *    (changed again) never shifts anything: the cursor only ever names whole windows.
+ *  - The HLC of a change is the wall clock at the write (the log's default); the fold gives
+ *    each changed column max(that, previous version + 1), so a site's versions of one column
+ *    strictly increase. No shared row is read or written by the trigger, so concurrent
+ *    writers do not serialise on capture.
  *  - Capture suppression: the agent's apply transaction does SET LOCAL rep.applying = 'on';
  *    the trigger's WHEN tests it, so the agent's rows do not even queue a trigger event.
- *  - Apply is set-based: one query reads the clock and local rows of a whole batch
- *    (unnest of a key array), decisions are made in C with merge.c, and a handful of
- *    array statements write rows, clocks and conflicts. A constraint error rolls the chunk
- *    back to a savepoint and replays it entry by entry, each under its own savepoint, so the
- *    bad entry goes to rep_quarantine and the others apply.
+ *  - Apply is set-based: lock the batch's rows and fold their log, read clocks and rows by
+ *    index probes, decide in C with merge.c, then a handful of array statements write rows,
+ *    clocks and conflicts. A constraint error rolls the chunk back to a savepoint and
+ *    replays it entry by entry, each under its own savepoint, so the bad entry goes to
+ *    rep_quarantine and the others apply.
  * Limitation: single-column primary keys (composite keys: SQLite backend only for now).
  *
  * Files: pg.c (this: helpers, values, status, ops), pg_capture.c, pg_read.c, pg_apply.c;
