@@ -312,6 +312,10 @@ static int pg_status(sync_db_t *db, sync_db_status_t *out)
                      w);
             uint64_t m = (uint64_t)sync_pg_q_int(s, sql);
             oldest = m && (!oldest || m < oldest) ? m : oldest;
+            uint64_t lrows = 0, lh = 0;
+            sync_pg_log_pending(s, k, &lrows, &lh);
+            p->backlog += lrows;
+            oldest = lh && (!oldest || lh < oldest) ? lh : oldest;
         }
         p->oldest_ms = SYNC_HLC_WALL(oldest);
     }

@@ -363,6 +363,20 @@ int sync_pg_fold(pg_db_t *s, const char *prefix)
     return n > INT32_MAX ? INT32_MAX : (int)n;
 }
 
+void sync_pg_log_pending(pg_db_t *s, size_t k, uint64_t *rows, uint64_t *oldest_hlc)
+{
+    char sql[160];
+    snprintf(sql, sizeof(sql), "SELECT count(DISTINCT \"%s\"), min(h) FROM \"rep_l_%s\"",
+             s->t[k].cols[0], s->t[k].name);
+    PGresult *r = sync_pg_q(s, sql, 0, NULL);
+    *rows = *oldest_hlc = 0;
+    if (r && PQntuples(r) == 1) {
+        *rows = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+        *oldest_hlc = PQgetisnull(r, 0, 1) ? 0 : strtoull(PQgetvalue(r, 0, 1), NULL, 10);
+    }
+    PQclear(r);
+}
+
 int sync_pg_init(sync_db_t *db, char *why, size_t whylen)
 {
     pg_db_t *s = (pg_db_t *)db;

@@ -35,6 +35,7 @@ typedef struct {
      * that nothing is new. */
     uint64_t tip;
     bool dirty;
+    uint64_t next_full_ms; /* a full read at least this often: folds by other sessions */
     /* The cursor of the last origin applied, known after its commit (pg_apply.c). */
     uint32_t cur_origin;
     uint64_t cur_seq;
@@ -75,6 +76,9 @@ sync_ver_t sync_pg_ver(PGresult *r, int row, int col);
  * (e.g. a BEGIN) in the same round trip; the number of log rows moved, or MS_EDB. Sets dirty
  * when rows moved (pg_capture.c). */
 int sync_pg_fold(pg_db_t *s, const char *prefix);
+/* Rows of table k with changes in the capture log (not folded yet) and the oldest one's HLC,
+ * for status and the backlog limit. */
+void sync_pg_log_pending(pg_db_t *s, size_t k, uint64_t *rows, uint64_t *oldest_hlc);
 
 /* Backend operations, by file. */
 int sync_pg_init(sync_db_t *db, char *why, size_t whylen);   /* pg_capture.c */

@@ -72,6 +72,9 @@ int sync_pg_oldest(sync_db_t *db, uint32_t peer, uint64_t *oldest_ms)
         uint64_t m = (uint64_t)sync_pg_q_int(s, sql);
         free(sql);
         oldest = m && (!oldest || m < oldest) ? m : oldest;
+        uint64_t lrows = 0, lh = 0;
+        sync_pg_log_pending(s, k, &lrows, &lh);
+        oldest = lh && (!oldest || lh < oldest) ? lh : oldest;
     }
     *oldest_ms = SYNC_HLC_WALL(oldest);
     return 0;

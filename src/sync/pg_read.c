@@ -197,7 +197,9 @@ int sync_pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t *
     /* The fold is the transaction's first statement, so it moves exactly the changes of the
      * transactions visible in the snapshot that the new tick saves: a change folded later
      * belongs to a transaction this tick does not see, hence to a later window. */
-    if (after && after == s->tip && !s->dirty) {
+    /* Another session may fold too (`multisite-syncd init`): it cannot set dirty here, so a
+     * full read runs at least once a second whatever dirty says. */
+    if (after && after == s->tip && !s->dirty && time_mono_ms() < s->next_full_ms) {
         /* Caught up: one round trip tells whether anything committed since. */
         int nf = sync_pg_fold(s, NULL);
         if (nf <= 0) {
@@ -205,6 +207,7 @@ int sync_pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t *
         }
     }
     s->dirty = false; /* folds from here on are seen by this read's window, or set it again */
+    s->next_full_ms = time_mono_ms() + 1000;
     if (sync_pg_fold(s, "BEGIN ISOLATION LEVEL REPEATABLE READ; ") < 0) {
         PQclear(PQexec(s->pc, "ROLLBACK"));
         s->dirty = true;
