@@ -275,7 +275,7 @@ static void gen_fold(buf_t *b, const pg_table_t *t, uint32_t site)
     /* keys changed once: one data-modifying CTE per kind of change (they touch different
      * keys); the others come back in position order */
     for (int op = 1; op <= 3; op++) {
-        char from[96], ops[4];
+        char from[96], ops[16];
         snprintf(from, sizeof(from), " FROM q WHERE q.n = 1 AND q.op = %d", op);
         snprintf(ops, sizeof(ops), "%d", op);
         buf_printf(b, ", f%d AS (", op);
