@@ -693,6 +693,12 @@ static void pump(agent_t *a, peer_t *p)
         p->batches_sent++;
         p->rows_sent += n;
         p->more = n > 0; /* cut by rows or bytes: look again at once */
+        if (n < a->c->batch_rows) {
+            /* A short batch holds all that was pending: a second read now would find only
+             * what committed in the last few ms, and hold up the batches our peers sent us
+             * (this loop applies them). Read again on the next pass. */
+            break;
+        }
     }
 }
 
