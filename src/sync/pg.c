@@ -344,6 +344,7 @@ static void pg_close(sync_db_t *db)
     sync_pg_flush_acked(s);
     sync_pg_tables_free(s);
     buf_deinit(&s->fold_sql);
+    free(s->tip_snap);
     PQfinish(s->pc);
     free(s);
 }

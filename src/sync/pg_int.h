@@ -34,6 +34,7 @@ typedef struct {
      * fold that moved rows since. A peer at tip with dirty clear only needs a fold to learn
      * that nothing is new. */
     uint64_t tip;
+    char *tip_snap; /* snapshot of tip's tick: a read from tip needs no tick lookup */
     bool dirty;
     uint64_t next_full_ms; /* a full read at least this often: folds by other sessions */
     /* The cursor of the last origin applied, known after its commit (pg_apply.c). */

@@ -80,6 +80,58 @@ static char *opt_dup(PGresult *r, int row, int col)
     return PQgetisnull(r, row, col) ? NULL : xstrdup(PQgetvalue(r, row, col));
 }
 
+/* A new tick: the window is what committed since tick k (everything, at the start), cut into
+ * parts of `max` rows, computed and saved in one statement (no row when the window is empty).
+ * Takes last_snap. */
+static int new_tick(pg_db_t *s, uint64_t after, size_t max, pg_target_t *t, char *last_snap)
+{
+    if ((after >> PG_PART_BITS) > 0 && !last_snap) {
+        log_warn("position %llu is no longer known here; sending from the start",
+                 (unsigned long long)after);
+    }
+    buf_t sql;
+    buf_init(&sql);
+    buf_printf(&sql,
+               "INSERT INTO rep_tick(snap, lo_snap, bounds) SELECT pg_current_snapshot(), "
+               "$1::pg_snapshot, array_agg(seq ORDER BY seq) FILTER (WHERE rn %% $2::bigint = 0 "
+               "OR rn = cnt) FROM (SELECT seq, row_number() OVER (ORDER BY seq) AS rn, count(*) "
+               "OVER () AS cnt FROM (");
+    for (size_t ti = 0; ti < s->nt; ti++) {
+        buf_printf(&sql,
+                   "%sSELECT seq FROM \"rep_c_%s\" c WHERE c.xid IS NOT NULL AND ($1::text IS "
+                   "NULL OR (c.xid >= pg_snapshot_xmin($1::pg_snapshot) AND NOT "
+                   "pg_visible_in_snapshot(c.xid, $1::pg_snapshot)))",
+                   ti ? " UNION ALL " : "", s->t[ti].name);
+    }
+    buf_printf(&sql, ") w) x HAVING count(*) > 0 RETURNING id, snap::text, bounds::text");
+    char mx[32];
+    snprintf(mx, sizeof(mx), "%zu", max);
+    const char *p1[2] = {last_snap, mx};
+    PGresult *r = sync_pg_q(s, sync_pg_cstr(&sql), 2, p1);
+    buf_deinit(&sql);
+    if (!r) {
+        t->lo_snap = last_snap;
+        return MS_EDB;
+    }
+    t->computed = true;
+    t->lo_snap = last_snap; /* also when empty: the tip's snapshot (sync_pg_read) */
+    int rc = 0;
+    if (PQntuples(r) == 1) {
+        unsigned nparts = 0;
+        t->id = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+        t->part = 0;
+        t->snap = xstrdup(PQgetvalue(r, 0, 1));
+        part_range(PQgetvalue(r, 0, 2), 0, &t->lo_seq, &t->hi_seq, &nparts);
+        t->nparts = nparts;
+        if (nparts >= (1u << PG_PART_BITS)) {
+            log_err("a window needs more than %u parts: raise batch_rows", nparts);
+            rc = MS_ERANGE; /* the caller rolls the tick back */
+        }
+    }
+    PQclear(r);
+    return rc;
+}
+
 /* Decide which window part follows position `after`; create a tick when needed. Returns 0
  * with t->id == 0 when there is nothing to send. Inside the caller's REPEATABLE READ
  * transaction, whose snapshot is the new tick's. */
@@ -91,6 +143,10 @@ static int next_target(pg_db_t *s, uint64_t after, size_t max, pg_target_t *t)
     snprintf(ks, sizeof(ks), "%llu", (unsigned long long)k);
     const char *pk[1] = {ks};
     memset(t, 0, sizeof(*t));
+    if (after && after == s->tip && s->tip_snap) {
+        /* caught up with the newest tick: no later tick or part, the window starts at it */
+        return new_tick(s, after, max, t, xstrdup(s->tip_snap));
+    }
     PGresult *r =
         sync_pg_q(s,
                   "(SELECT id, snap::text, lo_snap::text, bounds::text, 0 FROM rep_tick WHERE"
@@ -122,71 +178,15 @@ static int next_target(pg_db_t *s, uint64_t after, size_t max, pg_target_t *t)
         free(last_snap);
         return 0;
     }
-    /* A new tick: the window is what committed since tick k (everything, at the start). */
-    if (k > 0 && !last_snap) {
-        log_warn("position %llu is no longer known here; sending from the start",
-                 (unsigned long long)after);
-    }
-    buf_t sql;
-    buf_init(&sql);
-    buf_printf(&sql, "SELECT seq FROM (");
-    for (size_t ti = 0; ti < s->nt; ti++) {
-        buf_printf(&sql,
-                   "%sSELECT seq FROM \"rep_c_%s\" c WHERE c.xid IS NOT NULL AND ($1::text IS "
-                   "NULL OR (c.xid >= pg_snapshot_xmin($1::pg_snapshot) AND NOT "
-                   "pg_visible_in_snapshot(c.xid, $1::pg_snapshot)))",
-                   ti ? " UNION ALL " : "", s->t[ti].name);
-    }
-    buf_printf(&sql, ") w ORDER BY seq");
-    const char *p1[1] = {last_snap};
-    r = sync_pg_q(s, sync_pg_cstr(&sql), 1, p1);
-    buf_deinit(&sql);
-    if (!r) {
-        free(last_snap);
-        return MS_EDB;
-    }
-    int nrows = PQntuples(r);
-    t->computed = true;
-    if (nrows == 0) {
-        PQclear(r);
-        free(last_snap);
-        return 0;
-    }
-    buf_t bounds;
-    buf_init(&bounds);
-    buf_append(&bounds, "{", 1);
-    unsigned np = 0;
-    for (int i = 0; i < nrows; i++) {
-        if ((size_t)(i + 1) % max == 0 || i == nrows - 1) {
-            buf_printf(&bounds, "%s%s", np++ ? "," : "", PQgetvalue(r, i, 0));
-        }
-    }
-    buf_append(&bounds, "}", 1);
-    PQclear(r);
-    if (np >= (1u << PG_PART_BITS)) {
-        log_err("a window of %d rows needs more than %u parts: raise batch_rows", nrows, np);
-        buf_deinit(&bounds);
-        free(last_snap);
-        return MS_ERANGE;
-    }
-    const char *p2[2] = {last_snap, sync_pg_cstr(&bounds)};
-    r = sync_pg_q(s,
-                  "INSERT INTO rep_tick(snap, lo_snap, bounds) VALUES(pg_current_snapshot(),"
-                  " $1::pg_snapshot, $2::bigint[]) RETURNING id, snap::text",
-                  2, p2);
-    if (r) {
-        t->id = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
-        t->part = 0;
-        t->snap = xstrdup(PQgetvalue(r, 0, 1));
-        t->lo_snap = last_snap;
-        last_snap = NULL;
-        part_range(sync_pg_cstr(&bounds), 0, &t->lo_seq, &t->hi_seq, &nparts);
-        t->nparts = nparts;
-    }
-    PQclear(r);
-    buf_deinit(&bounds);
-    free(last_snap);
-    return r ? 0 : MS_EDB;
+    return new_tick(s, after, max, t, last_snap);
+}
+
+/* Remember the newest position and its tick's snapshot (NULL: unknown, look it up). */
+static void set_tip(pg_db_t *s, uint64_t pos, const char *snap)
+{
+    s->tip = pos;
+    free(s->tip_snap);
+    s->tip_snap = snap ? xstrdup(snap) : NULL;
 }
 
 int sync_pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t *n, uint64_t *hi)
@@ -216,12 +216,15 @@ int sync_pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t *
     pg_target_t tg;
     int rc = next_target(s, after, max ? max : 1, &tg);
     if (rc != 0 || tg.id == 0) {
-        target_free(&tg);
         if (rc == 0 && sync_pg_ex(s, "COMMIT") == 0) {
-            s->tip = tg.computed ? after : s->tip;
+            if (tg.computed) {
+                set_tip(s, after, tg.lo_snap);
+            }
             s->dirty = s->dirty || !tg.computed;
+            target_free(&tg);
             return 0;
         }
+        target_free(&tg);
         PQclear(PQexec(s->pc, "ROLLBACK"));
         s->dirty = true;
         return rc ? rc : MS_EDB;
@@ -315,7 +318,7 @@ int sync_pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t *
         PQclear(PQexec(s->pc, "ROLLBACK"));
     }
     if (rc == 0 && tg.computed) {
-        s->tip = PG_POS(tg.id, tg.nparts ? tg.nparts - 1 : 0);
+        set_tip(s, PG_POS(tg.id, tg.nparts ? tg.nparts - 1 : 0), tg.snap);
     } else {
         s->dirty = true; /* what this read folded is in no window yet */
     }
