@@ -78,12 +78,15 @@ def test_random_loss_no_flap(net):
     a, b = pair(net)
     net.loss("eu", 0.3)
     t0 = mono_ms()
-    s0 = a.stats()
+    s0, b0 = a.stats(), b.stats()
     time.sleep(20)
-    s1 = a.stats()
+    s1, b1 = a.stats(), b.stats()
     got = s1["rx_ok"] - s0["rx_ok"]
-    expect = 20 * 30  # 3 per 100 ms
-    assert 0.55 * expect < got < 0.85 * expect, f"loss not ~30%: {got} of ~{expect}"
+    # Judge the loss against what b really sent: on a loaded machine its timer can fall a
+    # little behind the nominal 3 per 100 ms, which is not what this test is about.
+    sent = b1["tx"] - b0["tx"]
+    assert sent > 0.5 * 20 * 30, f"b sent only {sent} heartbeats in 20 s (nominal 600)"
+    assert 0.55 * sent < got < 0.85 * sent, f"loss not ~30%: {got} of {sent} sent"
     assert a.down_transitions("us", since=t0) == [], a.events_since(t0)
     assert a.available("us")
 
