@@ -164,8 +164,8 @@ static int run(pg_db_t *s, buf_t *sql, parr_t *p, const char *what)
 }
 
 /* Result columns of read_state(): 0 ordinality, 1-3 clock cl/clh/cls, 4 row present, then
- * per value column c: version hlc, site, current value as text. */
-#define RS_COL(c) (5 + 3 * (int)(c))
+ * per value column c: version hlc, site, current value as text, base hlc, base site. */
+#define RS_COL(c) (5 + 5 * (int)(c))
 
 /* Lock the rows of T that the entries name, fold their pending capture log, and read their
  * clocks and current values. Each lookup is an index probe (LATERAL subqueries are never
@@ -198,8 +198,8 @@ static PGresult *read_state(pg_db_t *s, const pg_table_t *t, const sync_entry_t 
         buf_reset(&sql);
         buf_printf(&sql, "SELECT k.i, c.cl, c.clh, c.cls, t.\"%s\" IS NOT NULL", P);
         for (unsigned c = 1; c <= t->ncols; c++) {
-            buf_printf(&sql, ", c.\"v_%s\", c.\"s_%s\", t.\"%s\"::text", t->cols[c], t->cols[c],
-                       t->cols[c]);
+            buf_printf(&sql, ", c.\"v_%s\", c.\"s_%s\", t.\"%s\"::text, c.\"b_%s\", c.\"bs_%s\"",
+                       t->cols[c], t->cols[c], t->cols[c], t->cols[c], t->cols[c]);
         }
         buf_printf(&sql,
                    " FROM unnest($1::%s[]) WITH ORDINALITY AS k(p, i) LEFT JOIN LATERAL (SELECT *"
@@ -298,6 +298,13 @@ static void decide(pg_db_t *s, uint32_t origin, const pmap_t *m, PGresult *r, in
             }
             sync_col_decision_t dc =
                 sync_decide_col(&s->base.rules, x->v[c], e->ver[j], e->base[j], origin);
+            /* The origin's version is the one our own change to the column overwrote (our
+             * base): we had seen it, so ours is not concurrent with it. This happens when the
+             * origin changed other columns of the row and its entry reached us before ours
+             * reached it (an entry carries every column's version). As on SQLite. */
+            if (dc.conflict && sync_ver_eq(e->ver[j], sync_pg_ver(r, row, RS_COL(c) + 3))) {
+                dc.conflict = false;
+            }
             if (dc.conflict) {
                 rules[c] = "column-lww";
                 won[c] = dc.take;

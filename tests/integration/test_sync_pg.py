@@ -62,6 +62,36 @@ def test_pg_replicates_both_ways_with_conflict_log(pg2):
                         (lv if w == "local" else rv) == "from-b" for col, lv, rv, w in logs)
 
 
+def test_pg_a_column_only_one_side_changed_is_no_conflict_in_either_arrival_order(tmp_path):
+    # As the SQLite test: site 1 changes a and b, site 2 a and d. Site 1's entry carries d's
+    # version that site 2 overwrote; reaching site 2 first, d must not be logged as a conflict.
+    c = Cluster(tmp_path, 2, schema=PG_ITEMS, backend="postgresql", proxies=True)
+    c.init()
+    a, b = c.sites
+    a.sql("INSERT INTO items VALUES(1, 'orig', 0, 0.0, 'd0', NULL)")
+    c.start()
+    try:
+        c.wait_synced()
+        a.proxy.cut()  # site 2 cannot push to site 1
+        b.proxy.cut()
+        a.sql("UPDATE items SET a = 'from-a', b = 1 WHERE id = 1")
+        time.sleep(0.01)
+        b.sql("UPDATE items SET a = 'from-b', d = 'db' WHERE id = 1")
+        n = b.sql("SELECT applied FROM rep_inbound WHERE origin = 1")[0][0]
+        b.proxy.heal()  # site 1's change reaches site 2 first
+        wait_for(lambda: b.sql("SELECT applied FROM rep_inbound WHERE origin = 1")[0][0] > n,
+                 20, "site 2 to apply site 1's change")
+        a.proxy.heal()
+        c.wait_synced()
+        assert a.sql("SELECT a, b, d FROM items") == [("from-b", 1, "db")]
+        assert b.sql("SELECT a, b, d FROM items") == [("from-b", 1, "db")]
+        logs = a.sql("SELECT col, rule FROM rep_conflict") + \
+            b.sql("SELECT col, rule FROM rep_conflict")
+        assert logs and all(r == ("a", "column-lww") for r in logs), logs
+    finally:
+        c.stop()
+
+
 def test_pg_long_transaction_is_not_skipped(pg2):
     """F1: a transaction that started first and commits last must still be shipped."""
     import psycopg2
