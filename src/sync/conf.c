@@ -56,10 +56,10 @@ static const conf_opt_t peer_schema[] = {
 };
 #undef P
 
-static bool ident_ok(const char *s)
+bool sync_ident_ok(const char *s, size_t max)
 {
     size_t n = strlen(s);
-    if (n == 0 || n > SYNC_MAX_NAME || (s[0] >= '0' && s[0] <= '9')) {
+    if (n == 0 || n > max) {
         return false;
     }
     for (size_t i = 0; i < n; i++) {
@@ -69,7 +69,14 @@ static bool ident_ok(const char *s)
             return false;
         }
     }
-    return strncmp(s, "rep_", 4) != 0;
+    return true;
+}
+
+/* A replicated table's name: also not starting with a digit nor with our own prefix. */
+static bool ident_ok(const char *s)
+{
+    return sync_ident_ok(s, SYNC_MAX_NAME) && !(s[0] >= '0' && s[0] <= '9') &&
+           strncmp(s, "rep_", 4) != 0;
 }
 
 static int load_peers(sync_conf_t *c, const conf_node_t *n, conf_err_t *err)

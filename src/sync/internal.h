@@ -326,6 +326,10 @@ int sync_sqlite_join(const sync_conf_t *c, const char *src_path, char *why, size
 int sync_pg_join(const sync_conf_t *c, const char *src, char *why, size_t whylen) MS_WUR;
 int sync_db_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen) MS_WUR;
 
+/* s is a plain SQL identifier we can quote without escaping: 1..max of [A-Za-z0-9_]
+ * (conf.c; the backends check column names with it, max leaving room for our prefixes). */
+bool sync_ident_ok(const char *s, size_t max);
+
 /* BLAKE2b-128 of a byte string (chan.c). */
 void sync_hash16(const void *p, size_t n, uint8_t out[16]);
 /* Schema fingerprint of a table: BLAKE2b-128 over "pk1,pk2|col1,col2" (names sorted). */

@@ -41,22 +41,6 @@ static int cmp_col(const void *a, const void *b)
     return strcmp(((const colinfo_t *)a)->name, ((const colinfo_t *)b)->name);
 }
 
-static bool ident_ok(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > SYNC_MAX_NAME - 3) {
-        return false;
-    }
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_')) {
-            return false;
-        }
-    }
-    return true;
-}
-
 static int table_load(pg_db_t *s, const char *name, pg_table_t *t, char *why, size_t whylen)
 {
     const char *p[1] = {name};
@@ -83,7 +67,7 @@ static int table_load(pg_db_t *s, const char *name, pg_table_t *t, char *why, si
     }
     for (int i = 0; rc == 0 && i < n; i++) {
         const char *cn = PQgetvalue(r, i, 0);
-        if (!ident_ok(cn)) {
+        if (!sync_ident_ok(cn, SYNC_MAX_NAME - 3)) {
             snprintf(why, whylen, "table %s: column name '%s' is not a plain identifier", name, cn);
             rc = MS_EINVAL;
             break;

@@ -48,22 +48,6 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static bool col_ident_ok(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > SYNC_MAX_NAME - 3) {
-        return false;
-    }
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_')) {
-            return false;
-        }
-    }
-    return true;
-}
-
 /* Read T's columns from the live schema. decl (optional) gets the pk declared types. */
 static int table_load(sq_db_t *s, const char *name, sq_table_t *t, char ***decl, char *why,
                       size_t whylen)
@@ -84,7 +68,7 @@ static int table_load(sq_db_t *s, const char *name, sq_table_t *t, char ***decl,
         const char *ctype = (const char *)sqlite3_column_text(st, 2);
         int pkpos = sqlite3_column_int(st, 5);
         n++;
-        if (!col_ident_ok(cname)) {
+        if (!sync_ident_ok(cname, SYNC_MAX_NAME - 3)) {
             snprintf(why, whylen, "table %s: column name '%s' is not a plain identifier", name,
                      cname);
             err = MS_EINVAL;
