@@ -400,3 +400,27 @@ class Cluster:
 
     def dump(self, site, table="items"):
         return site.sql("SELECT * FROM %s ORDER BY 1" % table)
+
+
+def cross_column_updates_site1_first(c):
+    """Row 1 changed at both sites while they are apart: site 1 sets a and b, then site 2 sets
+    a and d. Site 1's entry (carrying d's version that site 2 overwrote) reaches site 2 before
+    site 2's change reaches site 1; then both heal and sync. The cluster needs proxies and is
+    started here; the caller stops it. Returns the two sites."""
+    c.init()
+    a, b = c.sites
+    a.sql("INSERT INTO items VALUES(1, 'orig', 0, 0.0, 'd0', NULL)")
+    c.start()
+    c.wait_synced()
+    a.proxy.cut()  # site 2 cannot push to site 1
+    b.proxy.cut()
+    a.sql("UPDATE items SET a = 'from-a', b = 1 WHERE id = 1")
+    time.sleep(0.01)
+    b.sql("UPDATE items SET a = 'from-b', d = 'db' WHERE id = 1")
+    n = b.sql("SELECT applied FROM rep_inbound WHERE origin = 1")[0][0]
+    b.proxy.heal()  # site 1's change reaches site 2 first
+    wait_for(lambda: b.sql("SELECT applied FROM rep_inbound WHERE origin = 1")[0][0] > n,
+             20, "site 2 to apply site 1's change")
+    a.proxy.heal()
+    c.wait_synced()
+    return a, b

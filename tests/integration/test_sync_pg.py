@@ -11,7 +11,8 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from sync_harness import PGBIN, Cluster, wait_for  # noqa: E402
+from sync_harness import (PGBIN, Cluster, cross_column_updates_site1_first,  # noqa: E402
+                          wait_for)
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PGBIN + "/initdb"),
                                 reason="PostgreSQL 15 is not installed (scripts/deps.sh)")
@@ -66,23 +67,8 @@ def test_pg_a_column_only_one_side_changed_is_no_conflict_in_either_arrival_orde
     # As the SQLite test: site 1 changes a and b, site 2 a and d. Site 1's entry carries d's
     # version that site 2 overwrote; reaching site 2 first, d must not be logged as a conflict.
     c = Cluster(tmp_path, 2, schema=PG_ITEMS, backend="postgresql", proxies=True)
-    c.init()
-    a, b = c.sites
-    a.sql("INSERT INTO items VALUES(1, 'orig', 0, 0.0, 'd0', NULL)")
-    c.start()
     try:
-        c.wait_synced()
-        a.proxy.cut()  # site 2 cannot push to site 1
-        b.proxy.cut()
-        a.sql("UPDATE items SET a = 'from-a', b = 1 WHERE id = 1")
-        time.sleep(0.01)
-        b.sql("UPDATE items SET a = 'from-b', d = 'db' WHERE id = 1")
-        n = b.sql("SELECT applied FROM rep_inbound WHERE origin = 1")[0][0]
-        b.proxy.heal()  # site 1's change reaches site 2 first
-        wait_for(lambda: b.sql("SELECT applied FROM rep_inbound WHERE origin = 1")[0][0] > n,
-                 20, "site 2 to apply site 1's change")
-        a.proxy.heal()
-        c.wait_synced()
+        a, b = cross_column_updates_site1_first(c)
         assert a.sql("SELECT a, b, d FROM items") == [("from-b", 1, "db")]
         assert b.sql("SELECT a, b, d FROM items") == [("from-b", 1, "db")]
         logs = a.sql("SELECT col, rule FROM rep_conflict") + \

@@ -10,7 +10,8 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from sync_harness import SYNCD, Cluster, wait_for  # noqa: E402
+from sync_harness import (SYNCD, Cluster, cross_column_updates_site1_first,  # noqa: E402
+                          wait_for)
 
 
 @pytest.fixture
@@ -125,23 +126,8 @@ def test_a_column_only_one_side_changed_is_no_conflict_in_either_arrival_order(t
     # version, d's being the one site 2 overwrote: when it reaches site 2 before site 2's
     # change reaches site 1, d must not be logged as a conflict (site 2 had seen it).
     c = Cluster(tmp_path, 2, proxies=True)
-    c.init()
-    a, b = c.sites
-    a.sql("INSERT INTO items VALUES(1, 'orig', 0, 0.0, 'd0', NULL)")
-    c.start()
     try:
-        c.wait_synced()
-        a.proxy.cut()  # site 2 cannot push to site 1
-        b.proxy.cut()
-        a.sql("UPDATE items SET a = 'from-a', b = 1 WHERE id = 1")
-        time.sleep(0.01)
-        b.sql("UPDATE items SET a = 'from-b', d = 'db' WHERE id = 1")
-        n = b.sql("SELECT applied FROM rep_inbound WHERE origin = 1")[0][0]
-        b.proxy.heal()  # site 1's change reaches site 2 first
-        wait_for(lambda: b.sql("SELECT applied FROM rep_inbound WHERE origin = 1")[0][0] > n,
-                 20, "site 2 to apply site 1's change")
-        a.proxy.heal()
-        c.wait_synced()
+        a, b = cross_column_updates_site1_first(c)
         assert a.sql("SELECT a, b, d FROM items") == [("from-b", 1, "db")]
         logs = a.sql("SELECT col, rule FROM rep_conflict") + \
             b.sql("SELECT col, rule FROM rep_conflict")
