@@ -106,6 +106,23 @@ def test_peer_past_the_backlog_limit_must_rejoin_and_is_refused(tmp_path, backen
         c.stop()
 
 
+@pytest.mark.parametrize("cmd", ["remove-peer", "readmit-peer"])
+@pytest.mark.parametrize("arg", ["abc", "0", "-1", "65536", "2x", "", "99999999999999999999"])
+def test_peer_commands_refuse_a_bad_site_id(tmp_path, cmd, arg):
+    c = make(tmp_path, 2, "sqlite", "")
+    s1 = c.sites[0]
+    c.init()
+    try:
+        before = s1.sql("SELECT count(*) FROM rep_peer")
+        r = s1.run(cmd, arg, check=False)
+        # "-1" reads as an unknown option: the usage text, as for any bad option
+        want = "usage: multisite-syncd" if arg == "-1" else "expected a site id (1..65535)"
+        assert r.returncode != 0 and want in r.stderr, r.stderr
+        assert s1.sql("SELECT count(*) FROM rep_peer") == before
+    finally:
+        c.stop()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_remove_peer_forgets_it_and_releases_its_backlog(tmp_path, backend):
     c = make(tmp_path, 2, backend, "  max_peer_offline: 1h\n")
