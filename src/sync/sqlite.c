@@ -390,7 +390,6 @@ static void sq_close(sync_db_t *db)
     }
     ckpt_stop(s->ckpt);
     sync_sq_tables_free(s);
-    free(s->floor_sql);
     sqlite3_finalize(s->inb_get);
     sqlite3_finalize(s->inb_put);
     sqlite3_finalize(s->conflict_ins);

@@ -165,8 +165,25 @@ static int ensure_clock(sq_db_t *s, const sq_table_t *t, char **decl)
     for (unsigned k = 0; k < t->npk; k++) {
         buf_printf(&b, ", \"%s\" %s", t->cols[k], decl[k]);
     }
-    buf_printf(&b, ", op INTEGER NOT NULL, mask INTEGER NOT NULL);");
+    buf_printf(&b, ", op INTEGER NOT NULL, mask INTEGER NOT NULL, ms INTEGER);");
     int rc = sync_sq_exec(s, sync_sq_cstr(&b));
+    /* A log made before the wall-clock column: its rows carry their position in seq (the
+     * fold reads them as such, ms NULL); the column is added, not the table remade. */
+    if (rc == 0) {
+        buf_reset(&b);
+        buf_printf(&b, "SELECT 1 FROM pragma_table_info('rep_l_%s') WHERE name = 'ms'", t->name);
+        sqlite3_stmt *st = NULL;
+        bool have = false;
+        if (sqlite3_prepare_v2(s->db, sync_sq_cstr(&b), -1, &st, NULL) == SQLITE_OK) {
+            have = sqlite3_step(st) == SQLITE_ROW;
+        }
+        sqlite3_finalize(st);
+        if (!have) {
+            buf_reset(&b);
+            buf_printf(&b, "ALTER TABLE \"rep_l_%s\" ADD COLUMN ms INTEGER", t->name);
+            rc = sync_sq_exec(s, sync_sq_cstr(&b));
+        }
+    }
     /* Version columns are added one by one so that a column added to T later only adds its
      * four columns here: no backfill, an absent version is "none". */
     for (unsigned c = t->npk; rc == 0 && c < t->npk + t->ncols; c++) {
@@ -195,25 +212,26 @@ static int ensure_clock(sq_db_t *s, const sq_table_t *t, char **decl)
 
 enum { OP_INSERT = 1, OP_UPDATE = 2, OP_DELETE = 3 };
 
-/* Capture triggers: one append to rep_l_T per changed row. They have no WHEN test for the
- * agent's own writes: the agent's connection runs with triggers disabled
+/* Capture triggers: one append to rep_l_T per changed row: the key, the operation, the
+ * changed columns and the wall clock in milliseconds. They have no WHEN test for the agent's
+ * own writes: the agent's connection runs with triggers disabled
  * (SQLITE_DBCONFIG_ENABLE_TRIGGER, see sync_sqlite_open), so what it applies is never
- * captured and no application write pays for a test. The position is
- *   max(now_ms << 16, rep_meta.hlc + 1, max(seq) of every table's log + 1)
- * computed inside the write transaction: SQLite has one writer at a time, so positions
- * increase in commit order, and they exceed every version applied here (rep_meta.hlc). */
-static void trig_one(buf_t *b, const sq_db_t *s, const sq_table_t *t, const char *when,
-                     const char *row, int op)
+ * captured and no application write pays for a test. The trigger reads no other table: the
+ * HLC position max(ms << 16, rep_meta.hlc + 1, previous + 1) is given by the fold, which
+ * reads the log in commit order (seq, the rowid) and runs before every apply, so rep_meta.hlc
+ * is the same there as it was at the write (sync_sq_fold()). */
+static void trig_one(buf_t *b, const sq_table_t *t, const char *when, const char *row, int op)
 {
     static const char *const names[] = {"", "ai", "au", "ad"};
     static const char *const events[] = {"", "INSERT", "UPDATE", "DELETE"};
     uint64_t all = t->ncols >= 64 ? ~0ull : ((1ull << t->ncols) - 1);
     buf_printf(b,
-               "CREATE TRIGGER \"rep_%s_%s\" AFTER %s ON \"%s\"%s BEGIN INSERT INTO \"rep_l_%s\" "
-               "VALUES(%s",
-               names[op], t->name, events[op], t->name, when, t->name, s->floor_sql);
+               "CREATE TRIGGER \"rep_%s_%s\" AFTER %s ON \"%s\"%s BEGIN INSERT INTO \"rep_l_%s\"(",
+               names[op], t->name, events[op], t->name, when, t->name);
+    sync_sq_pk_list(b, t, "");
+    buf_printf(b, ", op, mask, ms) VALUES(");
     for (unsigned k = 0; k < t->npk; k++) {
-        buf_printf(b, ", %s.\"%s\"", row, t->cols[k]);
+        buf_printf(b, "%s%s.\"%s\"", k ? ", " : "", row, t->cols[k]);
     }
     buf_printf(b, ", %d, ", op);
     if (op == OP_INSERT) {
@@ -227,15 +245,15 @@ static void trig_one(buf_t *b, const sq_db_t *s, const sq_table_t *t, const char
                        c - t->npk);
         }
     }
-    buf_printf(b, "); END;");
+    buf_printf(b, ", CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)); END;");
 }
 
-static void trig_ins(buf_t *b, const sq_db_t *s, const sq_table_t *t)
+static void trig_ins(buf_t *b, const sq_table_t *t)
 {
-    trig_one(b, s, t, "", "NEW", OP_INSERT);
+    trig_one(b, t, "", "NEW", OP_INSERT);
 }
 
-static void trig_upd(buf_t *b, const sq_db_t *s, const sq_table_t *t)
+static void trig_upd(buf_t *b, const sq_table_t *t)
 {
     buf_t w;
     buf_init(&w);
@@ -243,13 +261,13 @@ static void trig_upd(buf_t *b, const sq_db_t *s, const sq_table_t *t)
     for (unsigned c = t->npk; c < t->npk + t->ncols; c++) {
         buf_printf(&w, " OR OLD.\"%s\" IS NOT NEW.\"%s\"", t->cols[c], t->cols[c]);
     }
-    trig_one(b, s, t, sync_sq_cstr(&w), "NEW", OP_UPDATE);
+    trig_one(b, t, sync_sq_cstr(&w), "NEW", OP_UPDATE);
     buf_deinit(&w);
 }
 
-static void trig_del(buf_t *b, const sq_db_t *s, const sq_table_t *t)
+static void trig_del(buf_t *b, const sq_table_t *t)
 {
-    trig_one(b, s, t, "", "OLD", OP_DELETE);
+    trig_one(b, t, "", "OLD", OP_DELETE);
 }
 
 /* A primary key update would need a delete and an insert under two keys; it is refused with
@@ -272,9 +290,9 @@ static int install_table(sq_db_t *s, sq_table_t *t)
                "DROP TRIGGER IF EXISTS \"rep_ai_%s\"; DROP TRIGGER IF EXISTS \"rep_au_%s\"; "
                "DROP TRIGGER IF EXISTS \"rep_ad_%s\"; DROP TRIGGER IF EXISTS \"rep_bu_%s\";",
                t->name, t->name, t->name, t->name);
-    trig_ins(&b, s, t);
-    trig_upd(&b, s, t);
-    trig_del(&b, s, t);
+    trig_ins(&b, t);
+    trig_upd(&b, t);
+    trig_del(&b, t);
     trig_pk(&b, t);
     int rc = sync_sq_exec(s, sync_sq_cstr(&b));
     /* Rows that existed before capture was installed get a clock row each, with a distinct
@@ -422,7 +440,7 @@ static int prepare_table(sq_db_t *s, sq_table_t *t)
     buf_reset(&b);
     buf_printf(&b, "SELECT seq, ");
     sync_sq_pk_list(&b, t, "");
-    buf_printf(&b, ", op, mask FROM \"rep_l_%s\" ORDER BY seq", t->name);
+    buf_printf(&b, ", op, mask, ms FROM \"rep_l_%s\" ORDER BY seq", t->name);
     t->log_sel = sync_sq_prep(s, sync_sq_cstr(&b));
     buf_reset(&b);
     buf_printf(&b, "DELETE FROM \"rep_l_%s\" WHERE seq <= ?1", t->name);
@@ -452,7 +470,7 @@ static int prepare_common(sq_db_t *s)
                         " ?8, ?8)");
     s->hlc_bump = sync_sq_prep(s, "UPDATE rep_meta SET hlc = max(hlc, ?1)");
     s->data_ver = sync_sq_prep(s, "PRAGMA data_version");
-    s->acked_get = sync_sq_prep(s, "SELECT acked FROM rep_meta");
+    s->acked_get = sync_sq_prep(s, "SELECT acked, hlc FROM rep_meta");
     return s->inb_get && s->inb_put && s->conflict_ins && s->quar_ins && s->hlc_bump &&
                    s->data_ver && s->acked_get
                ? 0
@@ -536,19 +554,6 @@ int sync_sq_init(sync_db_t *db, char *why, size_t whylen)
         }
         free(decl);
     }
-    if (rc == 0) {
-        buf_t f;
-        buf_init(&f);
-        buf_printf(&f, "max(CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) << 16, "
-                       "(SELECT hlc FROM rep_meta) + 1");
-        for (size_t i = 0; i < s->nt; i++) {
-            buf_printf(&f, ", coalesce((SELECT max(seq) FROM \"rep_l_%s\"), 0) + 1", s->t[i].name);
-        }
-        buf_printf(&f, ")");
-        free(s->floor_sql);
-        s->floor_sql = xstrdup(sync_sq_cstr(&f));
-        buf_deinit(&f);
-    }
     for (size_t i = 0; rc == 0 && i < s->nt; i++) {
         if (install_table(s, &s->t[i]) != 0) {
             rc = sync_sq_why_db(s, why, whylen, "installing capture");
@@ -620,29 +625,36 @@ bool sync_sq_changed(sync_db_t *db)
 }
 
 /* Fold the capture logs into the change tables, inside the caller's write transaction. Each
- * logged change, in position order, becomes the row's entry: its position, its change mask
- * (ORed while the previous entry is still unacknowledged), the versions of the columns it
- * changed (the position, this site) with their bases, and for an insert or delete the
- * existence version. Then the log is emptied; rep_meta.hlc keeps the high-water mark. This
- * is consolidation: however many changes a row had, it keeps one entry. */
+ * logged change, in commit order, is given its position, the HLC
+ *   h = max(ms << 16, rep_meta.hlc + 1, previous h + 1)
+ * and becomes the row's entry: that position, its change mask (ORed while the previous
+ * entry is still unacknowledged), the versions (h, this site) of the columns it changed with
+ * their bases, and for an insert or delete the existence version. Then the log is emptied and
+ * rep_meta.hlc keeps the high-water mark. rep_meta.hlc only moves in a fold or in an apply,
+ * and every apply folds first, so it is the same here as when the change was written: the
+ * same rule the trigger would have computed, without a read of rep_meta and of every log in
+ * each application write. This is consolidation: however many changes a row had, it keeps
+ * one entry. */
 int sync_sq_fold(sq_db_t *s)
 {
     int64_t acked = 0;
-    uint64_t maxseq = 0;
+    uint64_t h = 0;
     /* init folds before the common statements exist (a refresh after ALTER TABLE) */
     sqlite3_stmt *st = s->acked_get;
     if (!st) {
-        sqlite3_prepare_v2(s->db, "SELECT acked FROM rep_meta", -1, &st, NULL);
+        sqlite3_prepare_v2(s->db, "SELECT acked, hlc FROM rep_meta", -1, &st, NULL);
     }
     sqlite3_reset(st);
     if (st && sqlite3_step(st) == SQLITE_ROW) {
         acked = sqlite3_column_int64(st, 0);
+        h = (uint64_t)sqlite3_column_int64(st, 1);
     }
     if (st != s->acked_get) {
         sqlite3_finalize(st);
     } else {
         sqlite3_reset(st);
     }
+    const uint64_t h0 = h;
     arena_t *a = arena_new(4096);
     int rc = 0;
     for (size_t ti = 0; rc == 0 && ti < s->nt; ti++) {
@@ -652,7 +664,13 @@ int sync_sq_fold(sq_db_t *s)
         sqlite3_reset(ls);
         int r;
         while (rc == 0 && (r = sqlite3_step(ls)) == SQLITE_ROW) {
-            uint64_t seq = (uint64_t)sqlite3_column_int64(ls, 0);
+            uint64_t lseq = (uint64_t)sqlite3_column_int64(ls, 0);
+            /* A row logged before the ms column carries its position in seq. */
+            uint64_t want = sqlite3_column_type(ls, 3 + (int)t->npk) == SQLITE_NULL
+                                ? lseq
+                                : (uint64_t)sqlite3_column_int64(ls, 3 + (int)t->npk) << 16;
+            uint64_t seq = want > h ? want : h + 1;
+            h = seq;
             sync_val_t pk[SYNC_MAX_PK];
             for (unsigned k = 0; k < t->npk; k++) {
                 sync_sq_val_from_col(ls, 1 + (int)k, a, &pk[k]);
@@ -690,7 +708,7 @@ int sync_sq_fold(sq_db_t *s)
             if (sync_sq_clock_put(t, pk, &ck, true) != 0) {
                 rc = MS_EDB;
             }
-            tmax = seq;
+            tmax = lseq;
         }
         sqlite3_reset(ls);
         if (rc == 0 && tmax) {
@@ -698,12 +716,11 @@ int sync_sq_fold(sq_db_t *s)
             sqlite3_bind_int64(t->log_del, 1, (int64_t)tmax);
             rc = sqlite3_step(t->log_del) == SQLITE_DONE ? 0 : MS_EDB;
             sqlite3_reset(t->log_del);
-            maxseq = tmax > maxseq ? tmax : maxseq;
         }
     }
-    if (rc == 0 && maxseq) {
+    if (rc == 0 && h != h0) {
         sqlite3_reset(s->hlc_bump);
-        sqlite3_bind_int64(s->hlc_bump, 1, (int64_t)maxseq);
+        sqlite3_bind_int64(s->hlc_bump, 1, (int64_t)h);
         rc = sqlite3_step(s->hlc_bump) == SQLITE_DONE ? 0 : MS_EDB;
         sqlite3_reset(s->hlc_bump);
     }

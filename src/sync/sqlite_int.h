@@ -27,7 +27,6 @@ typedef struct {
     int64_t data_version;
     int schema_version;
     uint32_t site;
-    char *floor_sql;      /* the capture triggers' position expression, over every table's log */
     struct sq_ckpt *ckpt; /* the checkpointer thread (sqlite.c) */
     sqlite3_stmt *inb_get, *inb_put, *conflict_ins, *quar_ins, *hlc_bump, *data_ver, *acked_get;
 } sq_db_t;

@@ -32,15 +32,20 @@ NROWS = 40
 
 def version_after_write(con, rid):
     """(cl, v_a, s_a, ...) of row rid as of this transaction: the change table as folded so
-    far plus the capture log entries not folded yet (the agent folds them later, the same
-    way)."""
-    site = con.execute("SELECT site FROM rep_meta").fetchone()[0]
+    far plus the capture log entries not folded yet, stamped as the agent's fold will stamp
+    them: h = max(ms << 16, rep_meta.hlc + 1, previous h + 1) in log order (items is the only
+    table). The fold runs before every apply, so rep_meta.hlc cannot move before it does; a
+    fold that stamped otherwise shows here as a write "lost"."""
+    site, h = con.execute("SELECT site, hlc FROM rep_meta").fetchone()
     row = con.execute("SELECT cl, %s FROM rep_c_items WHERE id = ?" %
                       ", ".join("v_%s, s_%s" % (x, x) for x in COLS), (rid,)).fetchone()
     row = list(row) if row else [0] + [None] * (2 * len(COLS))
     found = row[0] != 0
-    for seq, op, mask in con.execute("SELECT seq, op, mask FROM rep_l_items WHERE id = ? "
-                                     "ORDER BY seq", (rid,)):
+    for lid, op, mask, ms in con.execute("SELECT id, op, mask, ms FROM rep_l_items "
+                                         "ORDER BY seq"):
+        h = max(ms << 16, h + 1)
+        if lid != rid:
+            continue
         if op == 3:
             row[0] = row[0] + 1 if row[0] % 2 == 1 else (row[0] if found else 2)
         else:
@@ -48,7 +53,7 @@ def version_after_write(con, rid):
                 row[0] = row[0] + 1 if row[0] % 2 == 0 else row[0]
             for i in range(len(COLS)):
                 if mask >> i & 1:
-                    row[1 + 2 * i], row[2 + 2 * i] = seq, site
+                    row[1 + 2 * i], row[2 + 2 * i] = h, site
         found = True
     return row
 

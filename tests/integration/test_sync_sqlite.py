@@ -324,15 +324,20 @@ def test_init_with_unfolded_changes_leaves_them_to_the_fold(tmp_path):
         c.wait_synced()
         a.stop()
         a.sql("INSERT INTO items(id, a) VALUES(2, 'new')")  # logged, not folded: agent down
-        logged = a.sql("SELECT seq FROM rep_l_items WHERE id = 2")
+        logged = a.sql("SELECT ms FROM rep_l_items WHERE id = 2")
         assert len(logged) == 1
+        before = a.sql("SELECT max(seq) FROM rep_c_items")[0][0]
         a.run("init")
-        assert a.sql("SELECT count(*) FROM rep_c_items WHERE seq >= ?", logged[0]) == [(0,)]
+        assert a.sql("SELECT count(*) FROM rep_c_items WHERE id = 2") == [(0,)]
         a.start()
         c.wait_synced()
-        want = [(2, logged[0][0], 1)]
-        q = "SELECT id, v_a, s_a FROM rep_c_items WHERE id = 2"
-        assert a.sql(q) == want and b.sql(q) == want
+        q = "SELECT id, v_a, s_a, seq FROM rep_c_items WHERE id = 2"
+        got = a.sql(q)
+        assert len(got) == 1 and got[0][1] == got[0][3] and got[0][2] == 1, got
+        # the fold stamps the change with the wall clock of the write, above every earlier
+        # position, and b has the same version
+        assert got[0][1] >= logged[0][0] << 16 and got[0][3] > before, (got, logged, before)
+        assert b.sql("SELECT id, v_a, s_a FROM rep_c_items WHERE id = 2") == [got[0][:3]]
     finally:
         c.stop()
 
