@@ -140,6 +140,40 @@ static bool str_after(const char *p, const char *end, const char *key, char *out
     return false;
 }
 
+/* A flag of a peer as 0 or 1: "key":true|false, or for a string field (how F_STR) whether it
+ * is not empty (its text is not read: it may hold escapes); false when absent or malformed. */
+enum { F_NUM, F_BOOL, F_STR };
+
+static bool flag_after(const char *p, const char *end, const char *key, int how,
+                       unsigned long long *v)
+{
+    char pat[48];
+    int pl = snprintf(pat, sizeof(pat), "\"%s\":", key);
+    for (const char *q = p; q + pl < end; q++) {
+        if (memcmp(q, pat, (size_t)pl) != 0) {
+            continue;
+        }
+        const char *d = q + pl;
+        if (how == F_STR) {
+            if (end - d < 2 || d[0] != '"') {
+                return false;
+            }
+            *v = d[1] != '"';
+            return true;
+        }
+        if (end - d >= 4 && memcmp(d, "true", 4) == 0) {
+            *v = 1;
+            return true;
+        }
+        if (end - d >= 5 && memcmp(d, "false", 5) == 0) {
+            *v = 0;
+            return true;
+        }
+        return false;
+    }
+    return false;
+}
+
 void status_sync_metrics(const char *json, size_t len, buf_t *b)
 {
     const char *end = json + len;
@@ -175,6 +209,7 @@ void status_sync_metrics(const char *json, size_t len, buf_t *b)
     static const struct {
         const char *key, *name, *type, *help;
         double scale;
+        int how; /* F_NUM: a number, F_BOOL / F_STR: a flag (0 or 1) */
     } per[] = {
         {"lag_ms", "multisite_sync_lag_seconds", "gauge",
          "age of the oldest local change the peer has not acknowledged", 1e-3},
@@ -184,6 +219,11 @@ void status_sync_metrics(const char *json, size_t len, buf_t *b)
          "99th percentile of commit at the peer to apply here", 1e-3},
         {"rows_applied", "multisite_sync_rows_applied_total", "counter",
          "the peer's rows applied here", 1},
+        /* Site lifecycle (docs/sync.md 9.2): either needs an operator to re-join a site. */
+        {"must_rejoin", "multisite_sync_peer_must_rejoin", "gauge",
+         "1 when the peer passed the backlog limit: refused here until it re-joins", 1, F_BOOL},
+        {"refuses_us", "multisite_sync_refused_by_peer", "gauge",
+         "1 when the peer refuses this site, which must re-join", 1, F_STR},
     };
     for (size_t k = 0; k < MS_ARRAY_LEN(per); k++) {
         family(b, per[k].name, per[k].type, per[k].help);
@@ -208,8 +248,9 @@ void status_sync_metrics(const char *json, size_t len, buf_t *b)
             }
             char name[128];
             unsigned long long v;
-            if (str_after(obj, stop, "name", name, sizeof(name)) &&
-                num_after(obj, stop, per[k].key, &v)) {
+            bool got = per[k].how == F_NUM ? num_after(obj, stop, per[k].key, &v)
+                                           : flag_after(obj, stop, per[k].key, per[k].how, &v);
+            if (str_after(obj, stop, "name", name, sizeof(name)) && got) {
                 buf_printf(b, "%s{peer=\"%s\"} %.15g\n", per[k].name, name,
                            (double)v * per[k].scale);
             }

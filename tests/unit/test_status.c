@@ -66,10 +66,13 @@ static const char sync_doc[] =
     "\"bad_messages\":1,\"peers\":[{\"name\":\"s2\",\"id\":2,\"out\":\"ready\",\"in\":\"ready\","
     "\"acked\":10,\"backlog\":7,\"lag_ms\":1500,\"applied_seq\":3,\"applied\":3,"
     "\"recv_lag_p50_ms\":5,\"recv_lag_p99_ms\":250,\"rows_sent\":9,\"rows_applied\":3,"
-    "\"apply_ms\":1,\"schema\":\"same\"},{\"name\":\"s3\",\"id\":3,\"out\":\"down\","
+    "\"apply_ms\":1,\"schema\":\"same\",\"must_rejoin\":false,\"rejoin_since_ms\":0,"
+    "\"rejoin_reason\":\"\",\"refuses_us\":\"re-join required: \\\"x\\\"\"},"
+    "{\"name\":\"s3\",\"id\":3,\"out\":\"down\","
     "\"in\":\"down\",\"acked\":0,\"backlog\":0,\"lag_ms\":0,\"applied_seq\":0,\"applied\":0,"
     "\"recv_lag_p50_ms\":0,\"recv_lag_p99_ms\":0,\"rows_sent\":0,\"rows_applied\":0,"
-    "\"apply_ms\":0,\"schema\":\"same\"}]}";
+    "\"apply_ms\":0,\"schema\":\"same\",\"must_rejoin\":true,\"rejoin_since_ms\":1700000000000,"
+    "\"rejoin_reason\":\"oldest change unacknowledged for 8d\",\"refuses_us\":\"\"}]}";
 
 static void test_dns(void)
 {
@@ -137,6 +140,12 @@ static void test_sync(void)
                has(&b, "multisite_sync_receive_lag_p99_seconds{peer=\"s2\"} 0.25") &&
                has(&b, "multisite_sync_rows_applied_total{peer=\"s2\"} 3"),
            "sync per peer, each field with its own peer");
+    tap_ok(has(&b, "multisite_sync_peer_must_rejoin{peer=\"s2\"} 0") &&
+               has(&b, "multisite_sync_peer_must_rejoin{peer=\"s3\"} 1") &&
+               has(&b, "# TYPE multisite_sync_peer_must_rejoin gauge") &&
+               has(&b, "multisite_sync_refused_by_peer{peer=\"s2\"} 1") &&
+               has(&b, "multisite_sync_refused_by_peer{peer=\"s3\"} 0"),
+           "sync lifecycle flags per peer: must re-join, refuses us (text with escapes)");
     tap_ok(well_formed(&b), "sync metrics well formed");
 
     /* Every truncation, in a heap buffer of exactly that size (ASan sees a read past it). */
