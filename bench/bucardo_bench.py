@@ -295,21 +295,31 @@ def capture_setup(pg, db, table, schema):
     return bc
 
 
-def insert_rounds(port, db, tables, n, rounds=12):
-    """Single-row autocommit inserts through psql, n per round into each table in turn,
-    rounds alternating between the tables so that load on the machine hits all alike; returns
-    the best round's seconds per table (its cost without the interference)."""
-    best = dict.fromkeys(tables, 1e9)
+def insert_rounds(port, db, tables, n, rounds=24):
+    """Single-row autocommit inserts through psql, n per round into each table in turn. Each
+    round starts at a different table (so no table always follows another), and returns each
+    table's seconds per round: compare tables round by round (paired_ratio), so that the
+    machine's drift between rounds (a shared disk's fsync time, mostly) hits both sides of
+    each comparison alike."""
+    times = {t: [] for t in tables}
     for rnd in range(rounds):
-        for tbl in tables:
+        for k in range(len(tables)):
+            tbl = tables[(rnd + k) % len(tables)]
             stmts = "".join("INSERT INTO %s VALUES(%d, '%s', 7, 0.5, '%s', '\\x7a7a'::bytea);\n"
                             % (tbl, i, "x" * 40, "y" * 40) for i in range(rnd * n, (rnd + 1) * n))
             t0 = time.monotonic()
             subprocess.run([H.PGBIN + "/psql", "-h", "127.0.0.1", "-p", str(port), "-U",
                             "postgres", "-d", db, "-q", "-v", "ON_ERROR_STOP=1"], input=stmts,
                            check=True, stdout=subprocess.DEVNULL, text=True)
-            best[tbl] = min(best[tbl], time.monotonic() - t0)
-    return best
+            times[tbl].append(time.monotonic() - t0)
+    return times
+
+
+def paired_ratio(times, table, base):
+    """The median over rounds of table's time over base's time in the same round, with the
+    lowest and highest of those ratios."""
+    r = sorted(a / b for a, b in zip(times[table], times[base]))
+    return r[len(r) // 2], r[0], r[-1]
 
 
 class _Poller(threading.Thread):
