@@ -342,6 +342,32 @@ def test_init_with_unfolded_changes_leaves_them_to_the_fold(tmp_path):
         c.stop()
 
 
+def test_fold_reads_a_log_row_of_an_earlier_version(tmp_path):
+    """Capture logs written before the wall-clock column carry the position in seq and no ms:
+    the fold keeps that position (when it is above everything folded), so an upgrade loses
+    or renumbers nothing. Without the ms-NULL rule the row would be stamped from NULL."""
+    c = Cluster(tmp_path, 2)
+    c.init()
+    c.start()
+    try:
+        a, b = c.sites
+        a.sql("INSERT INTO items(id, a) VALUES(1, 'seen')")
+        c.wait_synced()
+        a.stop()
+        a.sql("INSERT INTO items(id, a) VALUES(7, 'old-format')")
+        a.sql("DELETE FROM rep_l_items")
+        pos = (int(time.time() * 1000) << 16) + 5
+        a.sql("INSERT INTO rep_l_items(seq, id, op, mask, ms) VALUES(?, 7, 1, 31, NULL)", (pos,))
+        a.start()
+        c.wait_synced()
+        q = "SELECT a, v_a, s_a, seq FROM items JOIN rep_c_items USING (id) WHERE id = 7"
+        assert a.sql(q) == [("old-format", pos, 1, pos)]
+        assert b.sql("SELECT a, v_a, s_a FROM items JOIN rep_c_items USING (id) WHERE id = 7") \
+            == [("old-format", pos, 1)]
+    finally:
+        c.stop()
+
+
 def test_agent_waits_for_a_database_busy_at_start(tmp_path):
     """An application holding the write lock longer than the busy handler waits (about 5 s;
     seen on a loaded machine with a disk stalled in fsync) does not make the agent exit at
