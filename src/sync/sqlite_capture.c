@@ -141,6 +141,26 @@ static int table_load(sq_db_t *s, const char *name, sq_table_t *t, char ***decl,
 
 /* ---- init: change tables and triggers ---- */
 
+/* Add the INTEGER column pre + col to table tbl unless it has it. */
+static int add_column(sq_db_t *s, const char *tbl, const char *pre, const char *col)
+{
+    char *q = xasprintf("SELECT 1 FROM pragma_table_info('%s') WHERE name = '%s%s'", tbl, pre, col);
+    sqlite3_stmt *st = NULL;
+    bool have = false;
+    if (sqlite3_prepare_v2(s->db, q, -1, &st, NULL) == SQLITE_OK) {
+        have = sqlite3_step(st) == SQLITE_ROW;
+    }
+    sqlite3_finalize(st);
+    free(q);
+    int rc = 0;
+    if (!have) {
+        q = xasprintf("ALTER TABLE \"%s\" ADD COLUMN \"%s%s\" INTEGER", tbl, pre, col);
+        rc = sync_sq_exec(s, q);
+        free(q);
+    }
+    return rc;
+}
+
 static int ensure_clock(sq_db_t *s, const sq_table_t *t, char **decl)
 {
     buf_t b;
@@ -171,39 +191,17 @@ static int ensure_clock(sq_db_t *s, const sq_table_t *t, char **decl)
      * fold reads them as such, ms NULL); the column is added, not the table remade. */
     if (rc == 0) {
         buf_reset(&b);
-        buf_printf(&b, "SELECT 1 FROM pragma_table_info('rep_l_%s') WHERE name = 'ms'", t->name);
-        sqlite3_stmt *st = NULL;
-        bool have = false;
-        if (sqlite3_prepare_v2(s->db, sync_sq_cstr(&b), -1, &st, NULL) == SQLITE_OK) {
-            have = sqlite3_step(st) == SQLITE_ROW;
-        }
-        sqlite3_finalize(st);
-        if (!have) {
-            buf_reset(&b);
-            buf_printf(&b, "ALTER TABLE \"rep_l_%s\" ADD COLUMN ms INTEGER", t->name);
-            rc = sync_sq_exec(s, sync_sq_cstr(&b));
-        }
+        buf_printf(&b, "rep_l_%s", t->name);
+        rc = add_column(s, sync_sq_cstr(&b), "", "ms");
     }
     /* Version columns are added one by one so that a column added to T later only adds its
      * four columns here: no backfill, an absent version is "none". */
+    buf_reset(&b);
+    buf_printf(&b, "rep_c_%s", t->name);
     for (unsigned c = t->npk; rc == 0 && c < t->npk + t->ncols; c++) {
         static const char *const pre[] = {"v_", "s_", "b_", "bs_"};
         for (int i = 0; i < 4 && rc == 0; i++) {
-            buf_reset(&b);
-            buf_printf(&b, "SELECT 1 FROM pragma_table_info('rep_c_%s') WHERE name = '%s%s'",
-                       t->name, pre[i], t->cols[c]);
-            sqlite3_stmt *st = NULL;
-            bool have = false;
-            if (sqlite3_prepare_v2(s->db, sync_sq_cstr(&b), -1, &st, NULL) == SQLITE_OK) {
-                have = sqlite3_step(st) == SQLITE_ROW;
-            }
-            sqlite3_finalize(st);
-            if (!have) {
-                buf_reset(&b);
-                buf_printf(&b, "ALTER TABLE \"rep_c_%s\" ADD COLUMN \"%s%s\" INTEGER", t->name,
-                           pre[i], t->cols[c]);
-                rc = sync_sq_exec(s, sync_sq_cstr(&b));
-            }
+            rc = add_column(s, sync_sq_cstr(&b), pre[i], t->cols[c]);
         }
     }
     buf_deinit(&b);
