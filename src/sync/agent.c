@@ -962,6 +962,16 @@ int sync_db_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen
     return rc;
 }
 
+int sync_db_open_ro(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen)
+{
+    int rc = c->backend == SYNC_BACKEND_PG ? sync_pg_open_ro(c, out, why, whylen)
+                                           : sync_sqlite_open_ro(c, out, why, whylen);
+    if (rc == 0) {
+        (*out)->rules.mode = (int)c->resolution;
+    }
+    return rc;
+}
+
 int sync_cmd_init(const sync_conf_t *c)
 {
     sync_db_t *db = NULL;
@@ -1157,12 +1167,10 @@ int sync_cmd_status(const sync_conf_t *c, bool json, FILE *f)
         sync_db_t *db = NULL;
         char why[512] = "";
         buf_reset(&o);
-        if (sync_db_open(c, &db, why, sizeof(why)) != 0 ||
-            db->ops->attach(db, why, sizeof(why)) != 0) {
-            fprintf(stderr, "multisite-syncd status: agent not running and %s\n", why);
-            if (db) {
-                db->ops->close(db);
-            }
+        /* Read-only: a status must not change the database it reports on. */
+        if (sync_db_open_ro(c, &db, why, sizeof(why)) != 0) {
+            fprintf(stderr, "multisite-syncd status: the agent is not running (%s), and %s\n",
+                    c->status_socket, why);
             buf_deinit(&o);
             return MS_EIO;
         }

@@ -72,6 +72,31 @@ bool sync_ident_ok(const char *s, size_t max)
     return true;
 }
 
+static bool ident_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+
+unsigned sync_split_names(const char *s, char **out, unsigned max)
+{
+    unsigned n = 0;
+    while (*s && n < max) {
+        while (*s && !ident_char(*s)) {
+            s++;
+        }
+        size_t len = 0;
+        while (ident_char(s[len])) {
+            len++;
+        }
+        if (len == 0) {
+            break;
+        }
+        out[n++] = xstrndup(s, len);
+        s += len;
+    }
+    return n;
+}
+
 /* A replicated table's name: also not starting with a digit nor with our own prefix. */
 static bool ident_ok(const char *s)
 {

@@ -325,10 +325,20 @@ int sync_pg_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen
 int sync_sqlite_join(const sync_conf_t *c, const char *src_path, char *why, size_t whylen) MS_WUR;
 int sync_pg_join(const sync_conf_t *c, const char *src, char *why, size_t whylen) MS_WUR;
 int sync_db_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen) MS_WUR;
+/* Open the database read-only, for `status` while the agent is down: nothing is created,
+ * installed or folded (SQLite: SQLITE_OPEN_READONLY; PostgreSQL: a read-only session). Table
+ * metadata comes from what init stored; MS_ENOENT when init never ran ("capture is not
+ * installed ..." in why). Only ops->status, ops->peer_get and ops->close may be called. */
+int sync_db_open_ro(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen) MS_WUR;
+int sync_sqlite_open_ro(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen) MS_WUR;
+int sync_pg_open_ro(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen) MS_WUR;
 
 /* s is a plain SQL identifier we can quote without escaping: 1..max of [A-Za-z0-9_]
  * (conf.c; the backends check column names with it, max leaving room for our prefixes). */
 bool sync_ident_ok(const char *s, size_t max);
+/* The identifiers in a list as init stored it in rep_table ("a", "b" or a,b): up to max of
+ * them into out (each xstrndup'ed, the caller frees); returns how many. */
+unsigned sync_split_names(const char *s, char **out, unsigned max);
 
 /* BLAKE2b-128 of a byte string (chan.c). */
 void sync_hash16(const void *p, size_t n, uint8_t out[16]);

@@ -280,12 +280,50 @@ static int pg_set_acked(sync_db_t *db, uint32_t peer, uint64_t acked)
     return time_mono_ms() >= s->next_ack_ms ? sync_pg_flush_acked(s) : 0;
 }
 
+/* Rows of t that a peer at position acked has not acknowledged, each row once: change-table
+ * rows outside the windows it acknowledged, and rows with changes still in the capture log
+ * (not folded yet; status with the agent down does not fold). *oldest (HLC) is lowered to
+ * the oldest. */
+static uint64_t pg_pending(pg_db_t *s, const pg_table_t *t, uint64_t acked, uint64_t *oldest)
+{
+    const char *T = t->name, *P = t->cols[0];
+    char w[256];
+    snprintf(w, sizeof(w),
+             "c.xid IS NOT NULL AND (%llu = 0 OR NOT pg_visible_in_snapshot(c.xid, (SELECT snap "
+             "FROM rep_tick WHERE id = %llu)))",
+             (unsigned long long)acked, (unsigned long long)(acked >> PG_PART_BITS));
+    buf_t b;
+    buf_init(&b);
+    buf_printf(&b,
+               "SELECT count(*), min(c.lh) FROM \"rep_c_%s\" c WHERE %s UNION ALL SELECT "
+               "count(DISTINCT l.\"%s\") FILTER (WHERE NOT EXISTS (SELECT 1 FROM \"rep_c_%s\" c "
+               "WHERE c.\"%s\" = l.\"%s\" AND %s)), min(l.h) FROM \"rep_l_%s\" l",
+               T, w, P, T, P, P, w, T);
+    PGresult *r = sync_pg_q(s, sync_pg_cstr(&b), 0, NULL);
+    uint64_t n = 0;
+    for (int i = 0; r && i < PQntuples(r); i++) {
+        n += strtoull(PQgetvalue(r, i, 0), NULL, 10);
+        uint64_t m = PQgetisnull(r, i, 1) ? 0 : strtoull(PQgetvalue(r, i, 1), NULL, 10);
+        *oldest = m && (!*oldest || m < *oldest) ? m : *oldest;
+    }
+    if (!r) {
+        log_warn("postgresql: counting the backlog of %s: %s", T, PQerrorMessage(s->pc));
+    }
+    PQclear(r);
+    buf_deinit(&b);
+    return n;
+}
+
 static int pg_status(sync_db_t *db, sync_db_status_t *out)
 {
     pg_db_t *s = (pg_db_t *)db;
     sync_pg_flush_acked(s);
     const sync_conf_t *c = db->conf;
     memset(out, 0, sizeof(*out));
+    /* Read-only (the agent is down): one snapshot, so the figures agree with each other. */
+    if (s->ro && sync_pg_ex(s, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") != 0) {
+        return MS_EDB;
+    }
     out->conflicts = (uint64_t)sync_pg_q_int(s, "SELECT count(*) FROM rep_conflict");
     out->quarantined =
         (uint64_t)sync_pg_q_int(s, "SELECT count(*) FROM rep_quarantine WHERE kind != 'future'");
@@ -300,22 +338,7 @@ static int pg_status(sync_db_t *db, sync_db_status_t *out)
         p->acked = (uint64_t)sync_pg_q_int(s, sql);
         uint64_t oldest = 0;
         for (size_t k = 0; k < s->nt; k++) {
-            char w[256];
-            snprintf(w, sizeof(w),
-                     "xid IS NOT NULL AND (%llu = 0 OR NOT pg_visible_in_snapshot(xid, (SELECT "
-                     "snap FROM rep_tick WHERE id = %llu)))",
-                     (unsigned long long)p->acked, (unsigned long long)(p->acked >> PG_PART_BITS));
-            snprintf(sql, sizeof(sql), "SELECT count(*) FROM \"rep_c_%s\" WHERE %s", s->t[k].name,
-                     w);
-            p->backlog += (uint64_t)sync_pg_q_int(s, sql);
-            snprintf(sql, sizeof(sql), "SELECT min(lh) FROM \"rep_c_%s\" WHERE %s", s->t[k].name,
-                     w);
-            uint64_t m = (uint64_t)sync_pg_q_int(s, sql);
-            oldest = m && (!oldest || m < oldest) ? m : oldest;
-            uint64_t lrows = 0, lh = 0;
-            sync_pg_log_pending(s, k, &lrows, &lh);
-            p->backlog += lrows;
-            oldest = lh && (!oldest || lh < oldest) ? lh : oldest;
+            p->backlog += pg_pending(s, &s->t[k], p->acked, &oldest);
         }
         p->oldest_ms = SYNC_HLC_WALL(oldest);
     }
@@ -331,6 +354,9 @@ static int pg_status(sync_db_t *db, sync_db_status_t *out)
         snprintf(out->tables[k].name, sizeof(out->tables[k].name), "%s", s->t[k].name);
         memcpy(out->tables[k].fp, s->t[k].fp, 16);
         out->ntables++;
+    }
+    if (s->ro) {
+        sync_pg_ex(s, "COMMIT");
     }
     return 0;
 }
@@ -384,4 +410,72 @@ int sync_pg_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen
     PQclear(PQexec(s->pc, "SET client_min_messages = warning"));
     *out = &s->base;
     return 0;
+}
+
+/* ---- read-only, for status while the agent is down ---- */
+
+/* The configured tables as init recorded them in rep_table: name, key and value columns and
+ * the fingerprint. The capture log and change tables are only counted, never folded. */
+static int ro_tables(pg_db_t *s, char *why, size_t whylen)
+{
+    const sync_conf_t *c = s->base.conf;
+    if (sync_pg_q_int(s, "SELECT (to_regclass('rep_meta') IS NOT NULL AND "
+                         "to_regclass('rep_table') IS NOT NULL)::int") != 1) {
+        snprintf(why, whylen,
+                 "capture is not installed in this database; run multisite-syncd init");
+        return MS_ENOENT;
+    }
+    s->t = xcalloc(c->tables.n ? c->tables.n : 1, sizeof(pg_table_t));
+    for (size_t i = 0; i < c->tables.n; i++) {
+        const char *p[1] = {c->tables.v[i]};
+        PGresult *r =
+            sync_pg_q(s, "SELECT pk, cols, encode(fp, 'hex') FROM rep_table WHERE name = $1", 1, p);
+        if (!r || PQntuples(r) != 1) {
+            snprintf(why, whylen, "capture is not installed for table %s; run multisite-syncd init",
+                     c->tables.v[i]);
+            PQclear(r);
+            return MS_ENOENT;
+        }
+        pg_table_t *t = &s->t[s->nt++];
+        char *cols[SYNC_MAX_COLS];
+        t->ncols = sync_split_names(PQgetvalue(r, 0, 1), cols, SYNC_MAX_COLS);
+        t->cols = xcalloc(t->ncols + 1, sizeof(char *));
+        t->types = xcalloc(t->ncols + 1, sizeof(char *));
+        t->oids = xcalloc(t->ncols + 1, sizeof(unsigned));
+        t->cols[0] = xstrdup(PQgetvalue(r, 0, 0));
+        memcpy(t->cols + 1, cols, t->ncols * sizeof(char *));
+        t->name = xstrdup(c->tables.v[i]);
+        t->w = (sync_wtable_t){t->name, 1, t->ncols, t->cols};
+        const char *fp = PQgetvalue(r, 0, 2);
+        for (int k = 0; k < 16 && strlen(fp) == 32; k++) {
+            char h[3] = {fp[2 * k], fp[2 * k + 1], 0};
+            t->fp[k] = (uint8_t)strtoul(h, NULL, 16);
+        }
+        PQclear(r);
+    }
+    return 0;
+}
+
+/* A session with default_transaction_read_only: every statement runs in a read-only
+ * transaction, so status with the agent down cannot create, install or fold anything (the
+ * server refuses any write). */
+int sync_pg_open_ro(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen)
+{
+    int rc = sync_pg_open(c, out, why, whylen);
+    if (rc != 0) {
+        return rc;
+    }
+    pg_db_t *s = (pg_db_t *)*out;
+    s->ro = true;
+    if (sync_pg_ex(s, "SET default_transaction_read_only = on") != 0) {
+        snprintf(why, whylen, "cannot start a read-only session: %s", PQerrorMessage(s->pc));
+        rc = MS_EDB;
+    } else {
+        rc = ro_tables(s, why, whylen);
+    }
+    if (rc != 0) {
+        pg_close(&s->base);
+        *out = NULL;
+    }
+    return rc;
 }

@@ -46,6 +46,7 @@ typedef struct {
     uint64_t ack_val[64];
     size_t nack;
     uint64_t next_ack_ms;
+    bool ro; /* a read-only session for status (sync_pg_open_ro) */
 } pg_db_t;
 
 #define PG_ACK_WRITE_MS 200

@@ -233,12 +233,49 @@ static int64_t q_int(sq_db_t *s, const char *sql)
     return v;
 }
 
+/* Rows of t that a peer at position acked has not acknowledged, each row once: entries past
+ * its position, and rows with changes still in the capture log (the agent folds before it
+ * counts; status with the agent down cannot). *oldest (HLC) is lowered to the oldest. */
+static uint64_t sq_pending(sq_db_t *s, const sq_table_t *t, int64_t acked, uint64_t *oldest)
+{
+    uint64_t n = 0, m = 0;
+    buf_t b;
+    buf_init(&b);
+    buf_printf(&b,
+               "SELECT count(*), coalesce(min(seq), 0) FROM \"rep_c_%s\" WHERE seq > ?1 AND "
+               "seq > 0 UNION ALL SELECT (SELECT count(*) FROM (SELECT DISTINCT ",
+               t->name);
+    sync_sq_pk_list(&b, t, "l.");
+    buf_printf(&b, " FROM \"rep_l_%s\" l WHERE NOT EXISTS (SELECT 1 FROM \"rep_c_%s\" c WHERE ",
+               t->name, t->name);
+    sync_sq_pk_where(&b, t, "c.", "l.");
+    /* A log row written before the ms column carries its HLC position in seq. */
+    buf_printf(&b,
+               " AND c.seq > ?1 AND c.seq > 0))), coalesce((SELECT min(coalesce(ms << 16, seq)) "
+               "FROM \"rep_l_%s\"), 0)",
+               t->name);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db, sync_sq_cstr(&b), -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, acked);
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            n += (uint64_t)sqlite3_column_int64(st, 0);
+            m = (uint64_t)sqlite3_column_int64(st, 1);
+            *oldest = m && (!*oldest || m < *oldest) ? m : *oldest;
+        }
+    } else {
+        log_warn("sqlite: counting the backlog of %s: %s", t->name, sqlite3_errmsg(s->db));
+    }
+    sqlite3_finalize(st);
+    buf_deinit(&b);
+    return n;
+}
+
 static int sq_status(sync_db_t *db, sync_db_status_t *out)
 {
     sq_db_t *s = (sq_db_t *)db;
     const sync_conf_t *c = db->conf;
     memset(out, 0, sizeof(*out));
-    if (sync_sq_fold_txn(s) != 0 || sync_sq_exec(s, "BEGIN") != 0) {
+    if ((!s->ro && sync_sq_fold_txn(s) != 0) || sync_sq_exec(s, "BEGIN") != 0) {
         return MS_EDB;
     }
     out->conflicts = (uint64_t)q_int(s, "SELECT count(*) FROM rep_conflict");
@@ -254,17 +291,7 @@ static int sq_status(sync_db_t *db, sync_db_status_t *out)
         p->acked = (uint64_t)q_int(s, sql);
         uint64_t oldest = 0;
         for (size_t k = 0; k < s->nt; k++) {
-            snprintf(sql, sizeof(sql),
-                     "SELECT count(*) FROM \"rep_c_%s\" WHERE seq > %lld AND seq > 0", s->t[k].name,
-                     (long long)p->acked);
-            p->backlog += (uint64_t)q_int(s, sql);
-            snprintf(sql, sizeof(sql),
-                     "SELECT min(seq) FROM \"rep_c_%s\" WHERE seq > %lld AND seq > 0", s->t[k].name,
-                     (long long)p->acked);
-            uint64_t m = (uint64_t)q_int(s, sql);
-            if (m && (!oldest || m < oldest)) {
-                oldest = m;
-            }
+            p->backlog += sq_pending(s, &s->t[k], (int64_t)p->acked, &oldest);
         }
         p->oldest_ms = SYNC_HLC_WALL(oldest);
     }
@@ -475,6 +502,91 @@ int sync_sqlite_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t wh
     sqlite3_wal_hook(s->db, on_wal_commit, s->ckpt);
     *out = &s->base;
     return 0;
+}
+
+/* ---- read-only, for status while the agent is down ---- */
+
+/* The configured tables as init recorded them in rep_table (name, key and value columns,
+ * fingerprint): enough to count the backlog, and nothing is prepared that could write. */
+static int ro_tables(sq_db_t *s, char *why, size_t whylen)
+{
+    const sync_conf_t *c = s->base.conf;
+    sqlite3_stmt *st = NULL;
+    if (q_int(s, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
+                 "('rep_meta', 'rep_table')") != 2) {
+        snprintf(why, whylen, "capture is not installed in %s; run multisite-syncd init",
+                 c->database);
+        return MS_ENOENT;
+    }
+    if (sqlite3_prepare_v2(s->db, "SELECT pk, cols, fp FROM rep_table WHERE name = ?1", -1, &st,
+                           NULL) != SQLITE_OK) {
+        return sync_sq_why_db(s, why, whylen, "reading rep_table");
+    }
+    s->t = xcalloc(c->tables.n ? c->tables.n : 1, sizeof(sq_table_t));
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < c->tables.n; i++) {
+        sqlite3_reset(st);
+        sqlite3_bind_text(st, 1, c->tables.v[i], -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_ROW) {
+            snprintf(why, whylen,
+                     "capture is not installed for table %s in %s; run multisite-syncd init",
+                     c->tables.v[i], c->database);
+            rc = MS_ENOENT;
+            break;
+        }
+        sq_table_t *t = &s->t[s->nt++];
+        char *names[SYNC_MAX_PK + SYNC_MAX_COLS];
+        const char *pk = (const char *)sqlite3_column_text(st, 0);
+        const char *cols = (const char *)sqlite3_column_text(st, 1);
+        t->npk = sync_split_names(pk ? pk : "", names, SYNC_MAX_PK);
+        t->ncols = sync_split_names(cols ? cols : "", names + t->npk, SYNC_MAX_COLS);
+        t->cols = xcalloc(t->npk + t->ncols + 1, sizeof(char *));
+        memcpy(t->cols, names, (t->npk + t->ncols) * sizeof(char *));
+        t->name = xstrdup(c->tables.v[i]);
+        t->w = (sync_wtable_t){t->name, t->npk, t->ncols, t->cols};
+        if (sqlite3_column_bytes(st, 2) == 16) {
+            memcpy(t->fp, sqlite3_column_blob(st, 2), 16);
+        }
+        if (t->npk == 0) {
+            snprintf(why, whylen, "rep_table has no primary key for %s; run multisite-syncd init",
+                     t->name);
+            rc = MS_EDB;
+        }
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Opened with SQLITE_OPEN_READONLY (and query_only on top): status must be safe to run
+ * against a database whose agent is stopped, e.g. one being inspected or copied, so it never
+ * writes a page, creates a table or folds the capture log (the log's rows are counted as
+ * they are). Like any reader of a WAL database it may create the empty -wal and -shm files. */
+int sync_sqlite_open_ro(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen)
+{
+    sq_db_t *s = xcalloc(1, sizeof(*s));
+    s->base.ops = &sq_ops;
+    s->base.conf = c;
+    s->ro = true;
+    int rc = MS_EDB;
+    if (sqlite3_open_v2(c->database, &s->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        snprintf(why, whylen, "cannot open %s: %s", c->database,
+                 s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        goto fail;
+    }
+    sqlite3_busy_handler(s->db, busy_wait, NULL);
+    if (sync_sq_exec(s, "PRAGMA query_only = 1") != 0) {
+        snprintf(why, whylen, "cannot open %s read-only: %s", c->database, sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    if ((rc = ro_tables(s, why, whylen)) != 0) {
+        goto fail;
+    }
+    *out = &s->base;
+    return 0;
+fail:
+    sq_close(&s->base);
+    return rc;
 }
 
 /* multisite-syncd join (SQLite): make this site's database a copy of a running site's, then

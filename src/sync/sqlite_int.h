@@ -28,6 +28,7 @@ typedef struct {
     int schema_version;
     uint32_t site;
     struct sq_ckpt *ckpt; /* the checkpointer thread (sqlite.c) */
+    bool ro;              /* opened read-only for status (sync_sqlite_open_ro) */
     sqlite3_stmt *inb_get, *inb_put, *conflict_ins, *quar_ins, *hlc_bump, *data_ver, *acked_get;
 } sq_db_t;
 

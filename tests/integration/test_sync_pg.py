@@ -41,6 +41,50 @@ def test_pg_init_refuses_table_without_primary_key(tmp_path):
         c.stop()
 
 
+def test_pg_status_with_the_agent_down_is_read_only(tmp_path):
+    """`status` with the agent down runs in a read-only session: it counts the changes still
+    in the capture log without folding them, and on a database where init never ran it fails
+    with a clear error and creates nothing (no table, trigger, function or sequence)."""
+    c = Cluster(tmp_path, 2, schema=PG_ITEMS, backend="postgresql")
+    a, b = c.sites
+    a.run("init")  # b: never initialised
+    catalog = ("SELECT 'table ' || tablename FROM pg_tables WHERE schemaname = 'public' UNION ALL "
+               "SELECT 'trigger ' || tgname FROM pg_trigger WHERE NOT tgisinternal UNION ALL "
+               "SELECT 'function ' || proname FROM pg_proc WHERE pronamespace = "
+               "'public'::regnamespace UNION ALL SELECT 'sequence ' || sequencename FROM "
+               "pg_sequences ORDER BY 1")
+    try:
+        a.sql("INSERT INTO items(id, a) VALUES(1, 'one'), (2, 'two')")
+        a.start()  # folds them: two entries for site 2
+        wait_for(lambda: a.sql("SELECT count(*) FROM rep_l_items") == [(0,)], what="the fold")
+        assert a.status()["peers"][0]["backlog"] == 2
+        a.stop()
+        a.sql("UPDATE items SET a = 'dos' WHERE id = 2")  # an entry and a log row: once
+        a.sql("INSERT INTO items(id, a) VALUES(3, 'three')")
+        a.sql("UPDATE items SET a = 'tres' WHERE id = 3")
+        assert a.sql("SELECT count(*) FROM rep_l_items") == [(3,)]
+        before = (a.sql(catalog), a.sql("SELECT * FROM rep_c_items ORDER BY 1"))
+        st = a.status()
+        assert st["agent"] == "down" and st["database_ok"] is True, st
+        assert st["peers"][0]["backlog"] == 3 and st["peers"][0]["lag_ms"] > 0, st
+        assert "agent down" in a.run("status").stdout
+        assert a.sql("SELECT count(*) FROM rep_l_items") == [(3,)]  # not folded
+        assert (a.sql(catalog), a.sql("SELECT * FROM rep_c_items ORDER BY 1")) == before
+        a.start()  # the agent counts the same, folded or not
+        assert a.status()["peers"][0]["backlog"] == 3
+        wait_for(lambda: a.sql("SELECT count(*) FROM rep_l_items") == [(0,)], what="the fold")
+        assert a.status()["peers"][0]["backlog"] == 3
+
+        before = b.sql(catalog)
+        r = b.run("status", check=False)
+        assert r.returncode != 0 and r.stdout == ""
+        assert "capture is not installed" in r.stderr and "multisite-syncd init" in r.stderr, \
+            r.stderr
+        assert b.sql(catalog) == before and not [x for x in before if "rep_" in x[0]]
+    finally:
+        c.stop()
+
+
 def test_pg_replicates_both_ways_with_conflict_log(pg2):
     a, b = pg2.sites
     a.sql("INSERT INTO items VALUES(1, 'one', 1, 1.5, 'x', '\\x00ff'::bytea)")

@@ -309,8 +309,83 @@ def test_new_site_joins_from_a_copy_of_a_running_site(tmp_path):
         c.stop()
 
 
+def _sqlite_state(path, con):
+    """What a write would change: the bytes of the database and of its WAL (absent: empty, as
+    any reader of a WAL database may create it empty), the commit counter seen by a connection
+    held across (PRAGMA data_version), the schema version and the schema itself."""
+    import hashlib
+
+    def digest(p):
+        try:
+            with open(p, "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()
+        except FileNotFoundError:
+            return hashlib.sha256(b"").hexdigest()
+    return (digest(path), digest(path + "-wal"),
+            con.execute("PRAGMA data_version").fetchone()[0],
+            con.execute("PRAGMA schema_version").fetchone()[0],
+            con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall())
+
+
+def test_status_with_the_agent_down_is_read_only(tmp_path):
+    """`status` with the agent down opens the database read-only: it writes nothing (the file
+    and its WAL are byte-identical, no commit, same schema), it does not fold the capture log,
+    yet its backlog counts the changes still in the log, each row once, as the agent's does
+    once it runs. On a database where init never ran it fails with a clear error and creates
+    nothing; a missing database file is not created."""
+    import sqlite3
+    c = Cluster(tmp_path, 2)
+    a, b = c.sites
+    a.run("init")  # b: never initialised
+    try:
+        a.sql("INSERT INTO items(id, a) VALUES(1, 'one')")
+        a.start()
+        wait_for(lambda: a.status()["peers"][0]["backlog"] == 1, what="row 1 in the backlog")
+        a.stop()
+        hold = sqlite3.connect(a.db, isolation_level=None)  # an application, open across
+        hold.execute("INSERT INTO items(id, a) VALUES(2, 'two')")
+        hold.execute("INSERT INTO items(id, a) VALUES(3, 'three')")
+        hold.execute("UPDATE items SET a = 'uno' WHERE id = 1")  # has an entry and a log row
+        hold.execute("UPDATE items SET a = 'dos' WHERE id = 2")  # two log rows, one row
+        assert hold.execute("SELECT count(*) FROM rep_l_items").fetchone() == (4,)
+        before = _sqlite_state(a.db, hold)
+        st = a.status()
+        text = a.run("status").stdout
+        assert _sqlite_state(a.db, hold) == before
+        assert st["agent"] == "down" and st["database_ok"] is True, st
+        assert st["peers"][0]["backlog"] == 3 and st["peers"][0]["lag_ms"] > 0, st
+        assert "agent down" in text and " 3 " in text.splitlines()[2], text
+        # not folded: the log and the change table are as they were
+        assert hold.execute("SELECT count(*) FROM rep_l_items").fetchone() == (4,)
+        assert hold.execute("SELECT id FROM rep_c_items").fetchall() == [(1,)]
+        hold.close()
+        a.start()  # the agent folds before it counts: the same backlog
+        assert a.status()["agent"] == "running"
+        assert a.status()["peers"][0]["backlog"] == 3
+        assert a.sql("SELECT count(*) FROM rep_l_items") == [(0,)]
+
+        hold = sqlite3.connect(b.db, isolation_level=None)
+        before = _sqlite_state(b.db, hold)
+        r = b.run("status", check=False)
+        assert r.returncode != 0 and r.stdout == ""
+        assert "capture is not installed" in r.stderr and "multisite-syncd init" in r.stderr, \
+            r.stderr
+        assert _sqlite_state(b.db, hold) == before
+        assert hold.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'rep%'"
+                            ).fetchone() == (0,)
+        hold.close()
+
+        b.db = os.path.join(c.dir, "missing.sqlite")
+        b.write_conf()
+        r = b.run("status", "--json", check=False)
+        assert r.returncode != 0 and "cannot open" in r.stderr, r.stderr
+        assert not os.path.exists(b.db)
+    finally:
+        c.stop()
+
+
 def test_init_with_unfolded_changes_leaves_them_to_the_fold(tmp_path):
-    """Init (run by the agent at start, by `init`, and by `status` with the agent down) gives
+    """Init (run by the agent at start and by `init`) gives
     the rows that existed before capture an entry each. A row whose insert is still in the
     capture log is not one of them: an entry made by init would be positioned above the
     logged change, could be sent there, and would then move below the peers' cursor when the
