@@ -196,6 +196,8 @@ void status_sync_metrics(const char *json, size_t len, buf_t *b)
          "changes that failed to apply and were quarantined with their reason"},
         {"held_future", "multisite_sync_held_future_total",
          "changes stamped too far in the future, held and logged"},
+        {"quarantine_purged", "multisite_sync_quarantine_purged_total",
+         "quarantined changes deleted after quarantine_retention (lost at this site)"},
         {"bad_messages", "multisite_sync_bad_messages_total",
          "sync messages rejected as malformed or unauthentic"},
     };

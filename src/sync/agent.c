@@ -87,8 +87,9 @@ typedef struct {
     peer_t *peers;
     conn_t *conns[MAX_CONNS];
     size_t nconns;
-    uint64_t next_retry_ms, next_life_ms, next_purge_ms;
+    uint64_t next_retry_ms, next_life_ms, next_purge_ms, next_qpurge_ms;
     uint64_t bad_msgs;
+    uint64_t q_purged; /* quarantined changes deleted past quarantine_retention, since start */
     uint32_t prio[65536];
 } agent_t;
 
@@ -339,6 +340,28 @@ static void check_backlog(agent_t *a, peer_t *p, uint64_t now, uint64_t wall)
     }
 }
 
+/* Quarantined changes that still fail quarantine_retention after they were first quarantined
+ * are deleted: they are lost at this site, so it is logged as a warning. By their first
+ * quarantine, not their last attempt: the retry tries them every second. */
+static void quarantine_tick(agent_t *a, uint64_t now, uint64_t wall)
+{
+    const sync_conf_t *c = a->c;
+    if (!c->quarantine_retention_ms || now < a->next_qpurge_ms) {
+        return;
+    }
+    unsigned every = c->quarantine_retention_ms / 10;
+    a->next_qpurge_ms = now + (every < 1000 ? 1000 : every > 60000 ? 60000 : every);
+    uint64_t n = 0;
+    if (a->db->ops->purge_quarantine(a->db, wall - c->quarantine_retention_ms, &n) != 0) {
+        log_warn("deleting expired quarantined changes failed");
+    } else if (n) {
+        a->q_purged += n;
+        log_warn("deleted %llu quarantined change(s) that still failed to apply %u s after they "
+                 "were quarantined (quarantine_retention); they are lost at this site",
+                 (unsigned long long)n, c->quarantine_retention_ms / 1000);
+    }
+}
+
 /* Every few seconds: the backlog limit (also picks up a readmit-peer done while running) and
  * tombstone clean-up, whose horizon keeps max_clock_skew in hand so that every site counts a
  * tombstone as expired before any site purges it. */
@@ -365,6 +388,7 @@ static void life_tick(agent_t *a, uint64_t now)
                      (unsigned long long)n, c->tombstone_retention_ms / 1000);
         }
     }
+    quarantine_tick(a, now, wall);
 }
 
 static int on_hs(agent_t *a, conn_t *k)
@@ -733,11 +757,13 @@ static void status_json(const sync_conf_t *c, agent_t *a, sync_db_t *db, buf_t *
     buf_printf(o,
                "{\"site\":\"%s\",\"site_id\":%u,\"backend\":\"%s\",\"agent\":\"%s\","
                "\"database_ok\":%s,\"hlc\":%llu,\"conflicts\":%llu,\"quarantined\":%llu,"
-               "\"held_future\":%llu,\"bad_messages\":%llu,\"peers\":[",
+               "\"held_future\":%llu,\"quarantine_purged\":%llu,\"bad_messages\":%llu,"
+               "\"peers\":[",
                c->site, c->site_id, db->ops->name, a ? "running" : "down",
                rc == 0 ? "true" : "false", (unsigned long long)st->hlc,
                (unsigned long long)st->conflicts, (unsigned long long)st->quarantined,
-               (unsigned long long)st->held, (unsigned long long)(a ? a->bad_msgs : 0));
+               (unsigned long long)st->held, (unsigned long long)(a ? a->q_purged : 0),
+               (unsigned long long)(a ? a->bad_msgs : 0));
     for (size_t i = 0; i < c->npeers; i++) {
         const sync_peer_conf_t *pc = &c->peers[i];
         const sync_peer_db_t *pd = NULL;
@@ -1182,12 +1208,14 @@ int sync_cmd_status(const sync_conf_t *c, bool json, FILE *f)
     if (json) {
         fputs(s, f);
     } else {
-        char v[7][64];
-        fprintf(f, "site %s (id %s), %s, agent %s: %s conflicts, %s quarantined, %s held back\n",
+        char v[8][64];
+        fprintf(f,
+                "site %s (id %s), %s, agent %s: %s conflicts, %s quarantined, %s held back, %s "
+                "expired from the quarantine\n",
                 jget(s, "site", v[0], 64), jget(s, "site_id", v[1], 64),
                 jget(s, "backend", v[2], 64), jget(s, "agent", v[3], 64),
                 jget(s, "conflicts", v[4], 64), jget(s, "quarantined", v[5], 64),
-                jget(s, "held_future", v[6], 64));
+                jget(s, "held_future", v[6], 64), jget(s, "quarantine_purged", v[7], 64));
         fprintf(f, "%-12s %-5s %-10s %-10s %10s %10s %12s %12s\n", "peer", "id", "out", "in",
                 "backlog", "lag_ms", "applied", "recv_p99_ms");
         const char *p = strstr(s, "\"peers\":[");

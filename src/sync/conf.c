@@ -43,6 +43,10 @@ static const conf_opt_t sync_schema[] = {
      NULL,
      "a deleted row's tombstone is purged once every peer acknowledged it and it is older than "
      "this; at least max_peer_offline; 0 = keep tombstones forever"},
+    {"quarantine_retention", CONF_T_DURATION, O(quarantine_retention_ms), 0, 30 * 86400000u, "30d",
+     NULL,
+     "a quarantined change that still fails to apply this long after it was quarantined is "
+     "deleted (it is lost at this site); 0 = keep quarantined changes forever"},
     {"peers", CONF_T_CUSTOM, 0, 0, 0, NULL, NULL, "list of {name, id, address, priority}"},
 };
 #undef O

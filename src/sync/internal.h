@@ -312,6 +312,8 @@ typedef struct {
     /* Purge tombstones of deletes stamped before horizon_hlc that every peer not marked
      * must-rejoin has acknowledged. */
     int (*purge)(sync_db_t *db, uint64_t horizon_hlc, uint64_t *purged);
+    /* Delete quarantined changes first quarantined before before_ms (wall clock, ms). */
+    int (*purge_quarantine)(sync_db_t *db, uint64_t before_ms, uint64_t *purged);
 } sync_db_ops_t;
 
 struct sync_db {

@@ -392,6 +392,7 @@ static const sync_db_ops_t pg_ops = {
     .peer_mark = sync_pg_peer_mark,
     .peer_forget = sync_pg_peer_forget,
     .purge = sync_pg_purge,
+    .purge_quarantine = sync_pg_purge_quarantine,
 };
 
 int sync_pg_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen)

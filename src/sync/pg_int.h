@@ -99,5 +99,6 @@ int sync_pg_peer_get(sync_db_t *db, uint32_t peer, uint64_t *since_ms, char *why
 int sync_pg_peer_mark(sync_db_t *db, uint32_t peer, const char *why);
 int sync_pg_peer_forget(sync_db_t *db, uint32_t peer, bool readmit);
 int sync_pg_purge(sync_db_t *db, uint64_t horizon_hlc, uint64_t *purged);
+int sync_pg_purge_quarantine(sync_db_t *db, uint64_t before_ms, uint64_t *purged);
 
 #endif

@@ -154,6 +154,18 @@ int sync_pg_purge(sync_db_t *db, uint64_t horizon_hlc, uint64_t *purged)
     return 0;
 }
 
+int sync_pg_purge_quarantine(sync_db_t *db, uint64_t before_ms, uint64_t *purged)
+{
+    char sql[96];
+    snprintf(sql, sizeof(sql), "DELETE FROM rep_quarantine WHERE first_ms < %llu",
+             (unsigned long long)before_ms);
+    PGresult *r = sync_pg_q((pg_db_t *)db, sql, 0, NULL);
+    int rc = r ? 0 : MS_EDB;
+    *purged = r ? strtoull(PQcmdTuples(r), NULL, 10) : 0;
+    PQclear(r);
+    return rc;
+}
+
 /* ---- join: a new site from a copy of a running one ---- */
 
 /* Run a PostgreSQL client program to completion: 0 when it exited 0. The programs come from

@@ -445,6 +445,7 @@ static const sync_db_ops_t sq_ops = {
     .peer_mark = sync_sq_peer_mark,
     .peer_forget = sync_sq_peer_forget,
     .purge = sync_sq_purge,
+    .purge_quarantine = sync_sq_purge_quarantine,
 };
 
 /* Busy handler: the applications hold the write lock for a statement at a time, so poll it

@@ -152,3 +152,20 @@ int sync_sq_purge(sync_db_t *db, uint64_t horizon_hlc, uint64_t *purged)
     *purged = 0;
     return MS_EDB;
 }
+
+int sync_sq_purge_quarantine(sync_db_t *db, uint64_t before_ms, uint64_t *purged)
+{
+    sq_db_t *s = (sq_db_t *)db;
+    *purged = 0;
+    /* Look first: a DELETE takes the write lock even when it finds nothing. */
+    if (q_int(s, "SELECT count(*) FROM rep_quarantine WHERE first_ms < ?", (int64_t)before_ms) ==
+        0) {
+        return 0;
+    }
+    char *q =
+        sqlite3_mprintf("DELETE FROM rep_quarantine WHERE first_ms < %lld", (long long)before_ms);
+    int rc = sync_sq_exec(s, q);
+    sqlite3_free(q);
+    *purged = rc == 0 ? (uint64_t)sqlite3_changes(s->db) : 0;
+    return rc;
+}

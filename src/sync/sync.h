@@ -38,8 +38,9 @@ typedef struct sync_conf {
     unsigned resolution; /* SYNC_RESOLVE_* */
     unsigned priority;   /* this site's priority (resolution: priority) */
     unsigned log_level;
-    unsigned max_peer_offline_ms;    /* backlog age past which a peer must re-join; 0 = none */
-    unsigned tombstone_retention_ms; /* tombstones older than this may go; 0 = keep forever */
+    unsigned max_peer_offline_ms;     /* backlog age past which a peer must re-join; 0 = none */
+    unsigned tombstone_retention_ms;  /* tombstones older than this may go; 0 = keep forever */
+    unsigned quarantine_retention_ms; /* quarantined this long ago: deleted; 0 = keep forever */
     sync_peer_conf_t *peers;
     size_t npeers;
 } sync_conf_t;

@@ -63,6 +63,7 @@ static bool well_formed(const buf_t *b)
 static const char sync_doc[] =
     "{\"site\":\"s1\",\"site_id\":1,\"backend\":\"sqlite\",\"agent\":\"running\","
     "\"database_ok\":true,\"hlc\":123,\"conflicts\":4,\"quarantined\":2,\"held_future\":0,"
+    "\"quarantine_purged\":5,"
     "\"bad_messages\":1,\"peers\":[{\"name\":\"s2\",\"id\":2,\"out\":\"ready\",\"in\":\"ready\","
     "\"acked\":10,\"backlog\":7,\"lag_ms\":1500,\"applied_seq\":3,\"applied\":3,"
     "\"recv_lag_p50_ms\":5,\"recv_lag_p99_ms\":250,\"rows_sent\":9,\"rows_applied\":3,"
@@ -132,7 +133,8 @@ static void test_sync(void)
     status_sync_metrics(sync_doc, strlen(sync_doc), &b);
     tap_ok(has(&b, "multisite_sync_conflicts_total 4") &&
                has(&b, "multisite_sync_quarantined_total 2") &&
-               has(&b, "multisite_sync_bad_messages_total 1"),
+               has(&b, "multisite_sync_bad_messages_total 1") &&
+               has(&b, "multisite_sync_quarantine_purged_total 5"),
            "sync totals");
     tap_ok(has(&b, "multisite_sync_lag_seconds{peer=\"s2\"} 1.5") &&
                has(&b, "multisite_sync_lag_seconds{peer=\"s3\"} 0") &&

@@ -426,6 +426,8 @@ static void test_gc(void)
     tap_ok(!sync_backlog_exceeded(20000, 10000, 1000), "a change from the future is not old");
 }
 
+static unsigned conf_quarantine_ms; /* quarantine_retention of the last config loaded */
+
 static int conf_try(const char *sync_extra, char *msg, size_t n)
 {
     char path[] = "/tmp/test_sync_conf_XXXXXX";
@@ -445,6 +447,7 @@ static int conf_try(const char *sync_extra, char *msg, size_t n)
     snprintf(msg, n, "%s", rc == 0 ? "" : err.msg);
     if (rc == 0) {
         rc = (int)(c->tombstone_retention_ms / 60000); /* minutes: what the cases check */
+        conf_quarantine_ms = c->quarantine_retention_ms;
     }
     sync_conf_free(c);
     unlink(path);
@@ -455,6 +458,16 @@ static void test_conf_life(void)
 {
     char msg[512];
     TAP_EQ_INT(conf_try("", msg, sizeof(msg)), 7 * 24 * 60, "default retention 7d");
+    TAP_EQ_INT(conf_quarantine_ms, 30u * 86400000u, "default quarantine retention 30d");
+    tap_ok(conf_try("  quarantine_retention: 1s\n", msg, sizeof(msg)) >= 0 &&
+               conf_quarantine_ms == 1000,
+           "quarantine retention 1s");
+    tap_ok(conf_try("  quarantine_retention: 0\n", msg, sizeof(msg)) >= 0 &&
+               conf_quarantine_ms == 0,
+           "quarantine retention 0: keep forever");
+    tap_ok(conf_try("  quarantine_retention: 31d\n", msg, sizeof(msg)) < 0 &&
+               strstr(msg, "quarantine_retention") != NULL && strstr(msg, "out of range") != NULL,
+           "quarantine retention over 30 days refused: %s", msg);
     TAP_EQ_INT(conf_try("  max_peer_offline: 1d\n  tombstone_retention: 2d\n", msg, sizeof(msg)),
                2 * 24 * 60, "1d / 2d accepted");
     TAP_EQ_INT(conf_try("  max_peer_offline: 0\n  tombstone_retention: 0\n", msg, sizeof(msg)), 0,
