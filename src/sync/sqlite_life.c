@@ -73,6 +73,15 @@ int sync_sq_oldest(sync_db_t *db, uint32_t peer, uint64_t *oldest_ms)
         oldest = m && (!oldest || m < oldest) ? m : oldest;
     }
     *oldest_ms = SYNC_HLC_WALL(oldest);
+    /* Changes not folded yet are pending for every peer too: their write time is in the log
+     * (a row of an earlier version has its position in seq instead). */
+    for (size_t k = 0; k < s->nt; k++) {
+        char *sql =
+            xasprintf("SELECT min(coalesce(ms, seq >> 16)) FROM \"rep_l_%s\"", s->t[k].name);
+        uint64_t m = (uint64_t)q_int(s, sql, 0);
+        free(sql);
+        *oldest_ms = m && (!*oldest_ms || m < *oldest_ms) ? m : *oldest_ms;
+    }
     return 0;
 }
 
