@@ -187,24 +187,27 @@ void status_sync_metrics(const char *json, size_t len, buf_t *b)
     if (!peers) {
         return;
     }
+    /* Counters only grow; the quarantine and the held-back changes are what is there now
+     * (a retry applies them, quarantine_retention deletes them): gauges. */
     static const struct {
-        const char *key, *name, *help;
+        const char *key, *name, *type, *help;
     } totals[] = {
-        {"conflicts", "multisite_sync_conflicts_total",
+        {"conflicts", "multisite_sync_conflicts_total", "counter",
          "conflicting changes resolved by discarding one (multisite-syncd)"},
-        {"quarantined", "multisite_sync_quarantined_total",
-         "changes that failed to apply and were quarantined with their reason"},
-        {"held_future", "multisite_sync_held_future_total",
-         "changes stamped too far in the future, held and logged"},
-        {"quarantine_purged", "multisite_sync_quarantine_purged_total",
+        {"quarantined", "multisite_sync_quarantined", "gauge",
+         "changes that failed to apply and are in quarantine with their reason"},
+        {"held_future", "multisite_sync_held_future", "gauge",
+         "changes stamped too far in the future, held back until the clock catches up"},
+        {"quarantine_purged", "multisite_sync_quarantine_purged_total", "counter",
          "quarantined changes deleted after quarantine_retention (lost at this site)"},
-        {"bad_messages", "multisite_sync_bad_messages_total",
+        {"bad_messages", "multisite_sync_bad_messages_total", "counter",
          "sync messages rejected as malformed or unauthentic"},
     };
     for (size_t k = 0; k < MS_ARRAY_LEN(totals); k++) {
         unsigned long long v;
         if (num_after(json, peers, totals[k].key, &v)) {
-            counter(b, totals[k].name, totals[k].help, v);
+            family(b, totals[k].name, totals[k].type, totals[k].help);
+            buf_printf(b, "%s %llu\n", totals[k].name, v);
         }
     }
     /* Per peer: each object starts with "name"; fields up to the next one belong to it. */

@@ -525,7 +525,7 @@ def test_replication_from_a_real_syncd(workdir, tmp_path):
             assert metric(t, "multisite_sync_up") == 1
             assert metric(t, "multisite_sync_backlog", peer="s2") == 7
             assert metric(t, "multisite_sync_conflicts_total") == 0
-            assert metric(t, "multisite_sync_quarantined_total") == 0
+            assert metric(t, "multisite_sync_quarantined") == 0
             assert metric(t, "multisite_sync_peer_must_rejoin", peer="s2") == 0
             assert metric(t, "multisite_sync_refused_by_peer", peer="s2") == 0
             r = promtool_check(t)
