@@ -131,8 +131,7 @@ static void test_sync(void)
     buf_t b;
     buf_init(&b);
     status_sync_metrics(sync_doc, strlen(sync_doc), &b);
-    tap_ok(has(&b, "multisite_sync_conflicts_total 4") &&
-               has(&b, "multisite_sync_quarantined 2") &&
+    tap_ok(has(&b, "multisite_sync_conflicts_total 4") && has(&b, "multisite_sync_quarantined 2") &&
                has(&b, "# TYPE multisite_sync_quarantined gauge") &&
                has(&b, "# TYPE multisite_sync_held_future gauge") &&
                has(&b, "multisite_sync_bad_messages_total 1") &&
