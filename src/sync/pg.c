@@ -26,7 +26,9 @@
  *    clocks and conflicts. A constraint error rolls the chunk back to a savepoint and
  *    replays it entry by entry, each under its own savepoint, so the bad entry goes to
  *    rep_quarantine and the others apply.
- * Limitation: single-column primary keys (composite keys: SQLite backend only for now).
+ *  - Keys: a primary key of 1..SYNC_MAX_PK columns, in the key's column order (the wire's).
+ *    Every key travels as one array per key column (unnest() of parallel arrays), so a
+ *    one-column key runs exactly the statements it always did.
  *
  * Files: pg.c (this: helpers, values, status, ops), pg_capture.c, pg_read.c, pg_apply.c;
  * their shared declarations are in pg_int.h. */
@@ -84,7 +86,7 @@ int64_t sync_pg_q_int(pg_db_t *s, const char *sql)
 
 static void table_free(pg_table_t *t)
 {
-    for (unsigned i = 0; i < t->ncols + 1; i++) {
+    for (unsigned i = 0; t->cols && i < t->npk + t->ncols; i++) {
         free(t->cols[i]);
         free(t->types[i]);
     }
@@ -103,6 +105,32 @@ void sync_pg_tables_free(pg_db_t *s)
     free(s->t);
     s->t = NULL;
     s->nt = 0;
+}
+
+void sync_pg_key_list(buf_t *b, const pg_table_t *t, const char *prefix)
+{
+    for (unsigned k = 0; k < t->npk; k++) {
+        buf_printf(b, "%s%s\"%s\"", k ? ", " : "", prefix, t->cols[k]);
+    }
+}
+
+void sync_pg_key_eq(buf_t *b, const pg_table_t *t, const char *a, const char *bp, bool bidx)
+{
+    for (unsigned k = 0; k < t->npk; k++) {
+        buf_printf(b, "%s%s\"%s\" = ", k ? " AND " : "", a, t->cols[k]);
+        if (bidx) {
+            buf_printf(b, "%s%u", bp, k);
+        } else {
+            buf_printf(b, "%s\"%s\"", bp, t->cols[k]);
+        }
+    }
+}
+
+void sync_pg_key_params(buf_t *b, const pg_table_t *t, unsigned first)
+{
+    for (unsigned k = 0; k < t->npk; k++) {
+        buf_printf(b, "%s$%u::%s[]", k ? ", " : "", first + k, t->types[k]);
+    }
 }
 
 /* ---- values ---- */

@@ -4,6 +4,17 @@
 
 /* ---- apply: the receiver side ---- */
 
+/* Value column c (0-based) of t. */
+#define VCOL(t, c) ((t)->cols[(t)->npk + (c)])
+
+/* Append entry e's key to the key arrays a[0..npk). */
+static void key_add(buf_t *a, const pg_table_t *t, const sync_entry_t *e, bool first)
+{
+    for (unsigned k = 0; k < t->npk; k++) {
+        sync_pg_arr_add(&a[k], &e->pk[k], first);
+    }
+}
+
 typedef struct {
     pg_table_t *t;
     int map[SYNC_MAX_COLS]; /* local value column -> wire column */
@@ -22,14 +33,18 @@ static void map_table(pg_db_t *s, const sync_wtable_t *w, pmap_t *m)
         return;
     }
     pg_table_t *t = m->t;
-    if (w->npk != 1 || strcmp(w->cols[0], t->cols[0]) != 0) {
+    bool same = w->npk == t->npk;
+    for (unsigned k = 0; same && k < t->npk; k++) {
+        same = strcmp(w->cols[k], t->cols[k]) == 0;
+    }
+    if (!same) {
         m->missing = "(primary key differs)";
         return;
     }
     for (unsigned c = 0; c < t->ncols; c++) {
         m->map[c] = -1;
         for (unsigned j = 0; j < w->ncols; j++) {
-            if (strcmp(w->cols[1 + j], t->cols[1 + c]) == 0) {
+            if (strcmp(w->cols[w->npk + j], VCOL(t, c)) == 0) {
                 m->map[c] = (int)j;
             }
         }
@@ -40,7 +55,7 @@ static void map_table(pg_db_t *s, const sync_wtable_t *w, pmap_t *m)
             found = m->map[c] == (int)j;
         }
         if (!found) {
-            m->missing = w->cols[1 + j];
+            m->missing = w->cols[w->npk + j];
         }
     }
 }
@@ -163,6 +178,14 @@ static int run(pg_db_t *s, buf_t *sql, parr_t *p, const char *what)
     return r ? 0 : MS_EDB;
 }
 
+/* p0, p1, ...: the names of the key columns of an unnest() alias. */
+static void key_aliases(buf_t *b, const pg_table_t *t, const char *p)
+{
+    for (unsigned k = 0; k < t->npk; k++) {
+        buf_printf(b, "%s%s%u", k ? ", " : "", p, k);
+    }
+}
+
 /* Result columns of read_state(): 0 ordinality, 1-3 clock cl/clh/cls, 4 row present, then
  * per value column c: version hlc, site, current value as text, base hlc, base site. */
 #define RS_COL(c) (5 + 5 * (int)(c))
@@ -179,36 +202,47 @@ static PGresult *read_state(pg_db_t *s, const pg_table_t *t, const sync_entry_t 
 {
     const char *P = t->cols[0];
     parr_t k;
-    parr_init(&k, 1);
+    parr_init(&k, t->npk);
     for (size_t i = 0; i < n; i++) {
-        sync_pg_arr_add(&k.a[0], &ents[i]->pk[0], i == 0);
+        key_add(k.a, t, ents[i], i == 0);
     }
-    buf_t sql;
+    buf_t sql, keys;
     buf_init(&sql);
-    buf_printf(&sql,
-               "SELECT \"rep_fold_%s\"($1::%s[]) FROM (SELECT count(*) FROM (SELECT p FROM "
-               "unnest($1::%s[]) AS u(p) ORDER BY p) k, LATERAL (SELECT 1 FROM \"%s\" x WHERE "
-               "x.\"%s\" = k.p FOR UPDATE) l) z",
-               t->name, t->types[0], t->types[0], t->name, P);
-    PGresult *r = sync_pg_q(s, sync_pg_cstr(&sql), 1, parr_done(&k));
+    buf_init(&keys);
+    sync_pg_key_params(&keys, t, 1);
+    buf_printf(&sql, "SELECT \"rep_fold_%s\"(%s) FROM (SELECT count(*) FROM (SELECT * FROM "
+                     "unnest(%s) AS u(",
+               t->name, sync_pg_cstr(&keys), sync_pg_cstr(&keys));
+    key_aliases(&sql, t, "p");
+    buf_printf(&sql, ") ORDER BY ");
+    key_aliases(&sql, t, "p");
+    buf_printf(&sql, ") k, LATERAL (SELECT 1 FROM \"%s\" x WHERE ", t->name);
+    sync_pg_key_eq(&sql, t, "x.", "k.p", true);
+    buf_printf(&sql, " FOR UPDATE) l) z");
+    PGresult *r = sync_pg_q(s, sync_pg_cstr(&sql), (int)t->npk, parr_done(&k));
     if (r) {
         /* local changes folded here are in no window yet */
         s->dirty = s->dirty || (PQntuples(r) == 1 && atoll(PQgetvalue(r, 0, 0)) > 0);
         PQclear(r);
         buf_reset(&sql);
         buf_printf(&sql, "SELECT k.i, c.cl, c.clh, c.cls, t.\"%s\" IS NOT NULL", P);
-        for (unsigned c = 1; c <= t->ncols; c++) {
+        for (unsigned c = 0; c < t->ncols; c++) {
+            const char *cn = VCOL(t, c);
             buf_printf(&sql, ", c.\"v_%s\", c.\"s_%s\", t.\"%s\"::text, c.\"b_%s\", c.\"bs_%s\"",
-                       t->cols[c], t->cols[c], t->cols[c], t->cols[c], t->cols[c]);
+                       cn, cn, cn, cn, cn);
         }
-        buf_printf(&sql,
-                   " FROM unnest($1::%s[]) WITH ORDINALITY AS k(p, i) LEFT JOIN LATERAL (SELECT *"
-                   " FROM \"%s\" x WHERE x.\"%s\" = k.p OFFSET 0) t ON true LEFT JOIN LATERAL"
-                   " (SELECT * FROM \"rep_c_%s\" y WHERE y.\"%s\" = k.p OFFSET 0) c ON true",
-                   t->types[0], t->name, P, t->name, P);
-        r = sync_pg_q(s, sync_pg_cstr(&sql), 1, k.pv);
+        buf_printf(&sql, " FROM unnest(%s) WITH ORDINALITY AS k(", sync_pg_cstr(&keys));
+        key_aliases(&sql, t, "p");
+        buf_printf(&sql, ", i) LEFT JOIN LATERAL (SELECT * FROM \"%s\" x WHERE ", t->name);
+        sync_pg_key_eq(&sql, t, "x.", "k.p", true);
+        buf_printf(&sql, " OFFSET 0) t ON true LEFT JOIN LATERAL (SELECT * FROM \"rep_c_%s\" y "
+                         "WHERE ", t->name);
+        sync_pg_key_eq(&sql, t, "y.", "k.p", true);
+        buf_printf(&sql, " OFFSET 0) c ON true");
+        r = sync_pg_q(s, sync_pg_cstr(&sql), (int)t->npk, k.pv);
     }
     buf_deinit(&sql);
+    buf_deinit(&keys);
     parr_free(&k);
     if (r && PQntuples(r) != (int)n) {
         PQclear(r);
@@ -227,11 +261,11 @@ static void conflict_add(pconf_t *cf, const pg_table_t *t, const sync_entry_t *e
 {
     buf_t pkt;
     buf_init(&pkt);
-    sync_val_text(&pkt, e->pk, 1);
+    sync_val_text(&pkt, e->pk, t->npk);
     bool f = cf->a.rows++ == 0;
     buf_t *a = cf->a.a;
     sync_pg_arr_text(&a[0], sync_pg_cstr(&pkt), f);
-    sync_pg_arr_text(&a[1], t->cols[1 + c], f);
+    sync_pg_arr_text(&a[1], VCOL(t, c), f);
     sync_pg_arr_text(&a[2], rule, f);
     sync_pg_arr_text(&a[3], won ? "remote" : "local", f);
     sync_pg_arr_text(&a[4], local_val, f);
@@ -327,22 +361,24 @@ static void decide(pg_db_t *s, uint32_t origin, const pmap_t *m, PGresult *r, in
     }
 }
 
-/* unnest(...) AS u(k, c0, t0, c1, t1, ...) over the key, the mapped value columns and (with
- * flags) whether each column is taken. */
+/* unnest(...) AS u(k0, .., c0, t0, c1, t1, ...) over the key, the mapped value columns and
+ * (with flags) whether each column is taken. */
 static void src_unnest(buf_t *sql, const pg_table_t *t, const pmap_t *m, bool flags)
 {
-    unsigned p = 2;
-    buf_printf(sql, "unnest($1::%s[]", t->types[0]);
+    unsigned p = 1 + t->npk;
+    buf_printf(sql, "unnest(");
+    sync_pg_key_params(sql, t, 1);
     for (unsigned c = 0; c < t->ncols; c++) {
         if (m->map[c] < 0) {
             continue;
         }
-        buf_printf(sql, ", $%u::%s[]", p++, t->types[1 + c]);
+        buf_printf(sql, ", $%u::%s[]", p++, t->types[t->npk + c]);
         if (flags) {
             buf_printf(sql, ", $%u::bool[]", p++);
         }
     }
-    buf_printf(sql, ") AS u(k");
+    buf_printf(sql, ") AS u(");
+    key_aliases(sql, t, "k");
     for (unsigned c = 0; c < t->ncols; c++) {
         if (m->map[c] >= 0) {
             buf_printf(sql, flags ? ", c%u, t%u" : ", c%u", c, c);
@@ -367,15 +403,16 @@ static int write_rows(pg_db_t *s, const pmap_t *m, const pdec_t *d, size_t n)
     buf_init(&sql);
     for (int pass = 0; rc == 0 && pass < 3; pass++) { /* 0 delete, 1 update, 2 insert */
         parr_t p;
-        parr_init(&p, pass == 0 ? 1 : pass == 1 ? 1 + 2 * nmapped : 1 + nmapped);
+        unsigned np = t->npk;
+        parr_init(&p, pass == 0 ? np : pass == 1 ? np + 2 * nmapped : np + nmapped);
         for (size_t i = 0; i < n; i++) {
             if (pass == 0 ? !d[i].del : !d[i].write || d[i].row != (pass == 1)) {
                 continue;
             }
             const sync_entry_t *e = d[i].e;
             bool f = p.rows++ == 0;
-            unsigned k = 0;
-            sync_pg_arr_add(&p.a[k++], &e->pk[0], f);
+            unsigned k = np;
+            key_add(p.a, t, e, f);
             for (unsigned c = 0; pass > 0 && c < t->ncols; c++) {
                 if (m->map[c] >= 0) {
                     sync_pg_arr_add(&p.a[k++], &e->val[m->map[c]], f);
@@ -387,25 +424,34 @@ static int write_rows(pg_db_t *s, const pmap_t *m, const pdec_t *d, size_t n)
             }
         }
         buf_reset(&sql);
-        if (p.rows && pass == 0) {
+        if (p.rows && pass == 0 && np == 1) {
             buf_printf(&sql, "DELETE FROM \"%s\" WHERE \"%s\" = ANY($1::%s[])", t->name, P,
                        t->types[0]);
+        } else if (p.rows && pass == 0) {
+            buf_printf(&sql, "DELETE FROM \"%s\" x USING unnest(", t->name);
+            sync_pg_key_params(&sql, t, 1);
+            buf_printf(&sql, ") AS u(");
+            key_aliases(&sql, t, "k");
+            buf_printf(&sql, ") WHERE ");
+            sync_pg_key_eq(&sql, t, "x.", "u.k", true);
         } else if (p.rows && pass == 1) {
             buf_printf(&sql, "UPDATE \"%s\" x SET \"%s\" = x.\"%s\"", t->name, P, P);
             for (unsigned c = 0; c < t->ncols; c++) {
                 if (m->map[c] >= 0) {
                     buf_printf(&sql, ", \"%s\" = CASE WHEN u.t%u THEN u.c%u ELSE x.\"%s\" END",
-                               t->cols[1 + c], c, c, t->cols[1 + c]);
+                               VCOL(t, c), c, c, VCOL(t, c));
                 }
             }
             buf_printf(&sql, " FROM ");
             src_unnest(&sql, t, m, true);
-            buf_printf(&sql, " WHERE x.\"%s\" = u.k", P);
+            buf_printf(&sql, " WHERE ");
+            sync_pg_key_eq(&sql, t, "x.", "u.k", true);
         } else if (p.rows) {
-            buf_printf(&sql, "INSERT INTO \"%s\"(\"%s\"", t->name, P);
+            buf_printf(&sql, "INSERT INTO \"%s\"(", t->name);
+            sync_pg_key_list(&sql, t, "");
             for (unsigned c = 0; c < t->ncols; c++) {
                 if (m->map[c] >= 0) {
-                    buf_printf(&sql, ", \"%s\"", t->cols[1 + c]);
+                    buf_printf(&sql, ", \"%s\"", VCOL(t, c));
                 }
             }
             buf_printf(&sql, ") SELECT * FROM ");
@@ -424,26 +470,26 @@ static int write_rows(pg_db_t *s, const pmap_t *m, const pdec_t *d, size_t n)
  * the others (the agent's clock rows carry no xid: they are never sent). */
 static int write_clocks(pg_db_t *s, const pg_table_t *t, const pdec_t *d, size_t n)
 {
-    const char *P = t->cols[0];
+    const unsigned np = t->npk;
     int rc = 0;
     buf_t sql;
     buf_init(&sql);
     for (int pass = 0; rc == 0 && pass < 2; pass++) { /* 0 update, 1 insert */
         parr_t p;
-        parr_init(&p, 4 + 2 * t->ncols);
+        parr_init(&p, np + 3 + 2 * t->ncols);
         for (size_t i = 0; i < n; i++) {
             if (d[i].act == SYNC_ROW_STALE || d[i].found != (pass == 0)) {
                 continue;
             }
             bool f = p.rows++ == 0;
-            sync_pg_arr_add(&p.a[0], &d[i].e->pk[0], f);
-            sync_pg_arr_int(&p.a[1], false, d[i].cl, f);
-            sync_pg_arr_int(&p.a[2], false, (int64_t)d[i].clv.hlc, f);
-            sync_pg_arr_int(&p.a[3], false, d[i].clv.site, f);
+            key_add(p.a, t, d[i].e, f);
+            sync_pg_arr_int(&p.a[np], false, d[i].cl, f);
+            sync_pg_arr_int(&p.a[np + 1], false, (int64_t)d[i].clv.hlc, f);
+            sync_pg_arr_int(&p.a[np + 2], false, d[i].clv.site, f);
             for (unsigned c = 0; c < t->ncols; c++) {
                 bool none = sync_ver_none(d[i].v[c]);
-                sync_pg_arr_int(&p.a[4 + 2 * c], none, (int64_t)d[i].v[c].hlc, f);
-                sync_pg_arr_int(&p.a[5 + 2 * c], none, d[i].v[c].site, f);
+                sync_pg_arr_int(&p.a[np + 3 + 2 * c], none, (int64_t)d[i].v[c].hlc, f);
+                sync_pg_arr_int(&p.a[np + 4 + 2 * c], none, d[i].v[c].site, f);
             }
         }
         if (!p.rows) {
@@ -452,11 +498,15 @@ static int write_clocks(pg_db_t *s, const pg_table_t *t, const pdec_t *d, size_t
         }
         buf_t src;
         buf_init(&src);
-        buf_printf(&src, "unnest($1::%s[], $2::int[], $3::bigint[], $4::int[]", t->types[0]);
+        buf_printf(&src, "unnest(");
+        sync_pg_key_params(&src, t, 1);
+        buf_printf(&src, ", $%u::int[], $%u::bigint[], $%u::int[]", np + 1, np + 2, np + 3);
         for (unsigned c = 0; c < t->ncols; c++) {
-            buf_printf(&src, ", $%u::bigint[], $%u::int[]", 5 + 2 * c, 6 + 2 * c);
+            buf_printf(&src, ", $%u::bigint[], $%u::int[]", np + 4 + 2 * c, np + 5 + 2 * c);
         }
-        buf_printf(&src, ") AS u(k, cl, clh, cls");
+        buf_printf(&src, ") AS u(");
+        key_aliases(&src, t, "k");
+        buf_printf(&src, ", cl, clh, cls");
         for (unsigned c = 0; c < t->ncols; c++) {
             buf_printf(&src, ", v%u, s%u", c, c);
         }
@@ -466,17 +516,21 @@ static int write_clocks(pg_db_t *s, const pg_table_t *t, const pdec_t *d, size_t
             buf_printf(&sql, "UPDATE \"rep_c_%s\" c SET cl = u.cl, clh = u.clh, cls = u.cls",
                        t->name);
             for (unsigned c = 0; c < t->ncols; c++) {
-                buf_printf(&sql, ", \"v_%s\" = u.v%u, \"s_%s\" = u.s%u", t->cols[1 + c], c,
-                           t->cols[1 + c], c);
+                buf_printf(&sql, ", \"v_%s\" = u.v%u, \"s_%s\" = u.s%u", VCOL(t, c), c,
+                           VCOL(t, c), c);
             }
-            buf_printf(&sql, " FROM %s WHERE c.\"%s\" = u.k", sync_pg_cstr(&src), P);
+            buf_printf(&sql, " FROM %s WHERE ", sync_pg_cstr(&src));
+            sync_pg_key_eq(&sql, t, "c.", "u.k", true);
         } else {
-            buf_printf(&sql, "INSERT INTO \"rep_c_%s\"(\"%s\", seq, lh, mask, cl, clh, cls",
-                       t->name, P);
-            for (unsigned c = 1; c <= t->ncols; c++) {
-                buf_printf(&sql, ", \"v_%s\", \"s_%s\"", t->cols[c], t->cols[c]);
+            buf_printf(&sql, "INSERT INTO \"rep_c_%s\"(", t->name);
+            sync_pg_key_list(&sql, t, "");
+            buf_printf(&sql, ", seq, lh, mask, cl, clh, cls");
+            for (unsigned c = 0; c < t->ncols; c++) {
+                buf_printf(&sql, ", \"v_%s\", \"s_%s\"", VCOL(t, c), VCOL(t, c));
             }
-            buf_printf(&sql, ") SELECT u.k, 0, 0, 0, u.cl, u.clh, u.cls");
+            buf_printf(&sql, ") SELECT ");
+            key_aliases(&sql, t, "u.k");
+            buf_printf(&sql, ", 0, 0, 0, u.cl, u.clh, u.cls");
             for (unsigned c = 0; c < t->ncols; c++) {
                 buf_printf(&sql, ", u.v%u, u.s%u", c, c);
             }

@@ -13,8 +13,8 @@
 
 typedef struct {
     char *name;
-    unsigned ncols;
-    char **cols;  /* [0] = primary key, then value columns sorted by name */
+    unsigned npk, ncols;
+    char **cols;  /* npk primary key columns in key order, then value columns sorted by name */
     char **types; /* format_type() of each */
     unsigned *oids;
     sync_wtable_t w;
@@ -64,6 +64,14 @@ int sync_pg_ex(pg_db_t *s, const char *sql);
 int64_t sync_pg_q_int(pg_db_t *s, const char *sql);
 void sync_pg_tables_free(pg_db_t *s);
 int sync_pg_flush_acked(pg_db_t *s);
+
+/* Key column lists for generated SQL (pg_capture.c): "p"."a", "p"."b" (prefix "" gives
+ * bare quoted names); and the join a."k1" = b."k1" AND ... where b names the columns of an
+ * unnest() alias (bidx: b.k0, b.k1, ...) or, when bidx is false, the table's own names. */
+void sync_pg_key_list(buf_t *b, const pg_table_t *t, const char *prefix);
+void sync_pg_key_eq(buf_t *b, const pg_table_t *t, const char *a, const char *bp, bool bidx);
+/* The key's array types as unnest() arguments: $first::type0[], $first+1::type1[], ... */
+void sync_pg_key_params(buf_t *b, const pg_table_t *t, unsigned first);
 
 /* Values: text result -> wire value; wire value -> array literal element. */
 void sync_pg_val(PGresult *r, int row, int col, unsigned oid, arena_t *a, sync_val_t *v);

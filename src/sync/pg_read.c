@@ -248,19 +248,21 @@ int sync_pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t *
         b.tables[ti] = t->w;
         buf_t sql;
         buf_init(&sql);
-        buf_printf(&sql, "SELECT c.\"%s\", c.mask, c.cl, c.clh, c.cls", t->cols[0]);
-        for (unsigned k = 1; k <= t->ncols; k++) {
-            const char *cn = t->cols[k];
+        buf_printf(&sql, "SELECT ");
+        sync_pg_key_list(&sql, t, "c.");
+        buf_printf(&sql, ", c.mask, c.cl, c.clh, c.cls");
+        for (unsigned k = 0; k < t->ncols; k++) {
+            const char *cn = t->cols[t->npk + k];
             buf_printf(&sql, ", c.\"v_%s\", c.\"s_%s\", c.\"b_%s\", c.\"bs_%s\", t.\"%s\"", cn, cn,
                        cn, cn, cn);
         }
+        buf_printf(&sql, " FROM \"rep_c_%s\" c LEFT JOIN \"%s\" t ON ", t->name, t->name);
+        sync_pg_key_eq(&sql, t, "t.", "c.", false);
         buf_printf(&sql,
-                   " FROM \"rep_c_%s\" c LEFT JOIN \"%s\" t ON t.\"%s\" = c.\"%s\" WHERE c.xid IS "
-                   "NOT NULL AND pg_visible_in_snapshot(c.xid, $1::pg_snapshot) AND ($2::text IS "
-                   "NULL OR (c.xid >= pg_snapshot_xmin($2::pg_snapshot) AND NOT "
+                   " WHERE c.xid IS NOT NULL AND pg_visible_in_snapshot(c.xid, $1::pg_snapshot) AND "
+                   "($2::text IS NULL OR (c.xid >= pg_snapshot_xmin($2::pg_snapshot) AND NOT "
                    "pg_visible_in_snapshot(c.xid, $2::pg_snapshot))) AND c.seq > $3::bigint AND "
-                   "c.seq <= $4::bigint ORDER BY c.seq",
-                   t->name, t->name, t->cols[0], t->cols[0]);
+                   "c.seq <= $4::bigint ORDER BY c.seq");
         const char *p2[4] = {tg.snap, tg.lo_snap, los, his};
         r = sync_pg_q(s, sync_pg_cstr(&sql), 4, p2);
         buf_deinit(&sql);
@@ -277,21 +279,25 @@ int sync_pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t *
             sync_entry_t *e = &ents[b.nentries++];
             memset(e, 0, sizeof(*e));
             e->table = (unsigned)ti;
-            e->pk = arena_alloc(a, sizeof(sync_val_t));
-            sync_pg_val(r, row, 0, t->oids[0], a, e->pk);
-            e->mask = strtoull(PQgetvalue(r, row, 1), NULL, 10);
-            e->cl = (uint32_t)strtoul(PQgetvalue(r, row, 2), NULL, 10);
-            e->clv = sync_pg_ver(r, row, 3);
+            /* result columns: the key, mask, cl, clh, cls, then 5 per value column */
+            int np = (int)t->npk;
+            e->pk = arena_alloc(a, sizeof(sync_val_t) * t->npk);
+            for (int k = 0; k < np; k++) {
+                sync_pg_val(r, row, k, t->oids[k], a, &e->pk[k]);
+            }
+            e->mask = strtoull(PQgetvalue(r, row, np), NULL, 10);
+            e->cl = (uint32_t)strtoul(PQgetvalue(r, row, np + 1), NULL, 10);
+            e->clv = sync_pg_ver(r, row, np + 2);
             if (e->cl % 2 == 1 && t->ncols) {
                 e->val = arena_alloc(a, sizeof(sync_val_t) * t->ncols);
                 e->ver = arena_alloc(a, sizeof(sync_ver_t) * t->ncols);
                 e->base = arena_alloc(a, sizeof(sync_ver_t) * t->ncols);
                 for (unsigned k = 0; k < t->ncols; k++) {
-                    int at = 5 + 5 * (int)k;
+                    int at = np + 4 + 5 * (int)k;
                     e->ver[k] = sync_pg_ver(r, row, at);
                     e->base[k] = e->ver[k].site == s->site ? sync_pg_ver(r, row, at + 2)
                                                            : (sync_ver_t){0, 0};
-                    sync_pg_val(r, row, at + 4, t->oids[k + 1], a, &e->val[k]);
+                    sync_pg_val(r, row, at + 4, t->oids[t->npk + k], a, &e->val[k]);
                 }
             }
         }
