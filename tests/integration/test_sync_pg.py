@@ -263,3 +263,195 @@ def test_pg_exactly_once_across_a_crash_in_apply(tmp_path, point):
         assert b.sql("SELECT count(*), sum(b) FROM items") == [(n, n * (n - 1) // 2)]
     finally:
         c.stop()
+
+
+# ---- composite primary keys ----
+# reg: a two-column key. mix: a three-column key of mixed types, declared in an order that is
+# not the columns' (the wire and SQLite use the key's order). Rows share parts of their keys,
+# so a key taken by one column, or with its columns swapped (shelf and bin are both
+# integers), names another row and the exact contents below differ.
+PG_COMPOSITE = (
+    "CREATE TABLE reg(region text, id bigint, a text, b bigint, PRIMARY KEY (region, id));"
+    "CREATE TABLE mix(v text, bin bigint, shelf integer, code text, tag bytea, "
+    "PRIMARY KEY (code, shelf, bin))")
+COMPOSITE_TABLES = ("reg", "mix")
+REG_ROWS = "SELECT region, id, a, b FROM reg ORDER BY region, id"
+MIX_ROWS = "SELECT code, shelf, bin, v, tag FROM mix ORDER BY code, shelf, bin"
+
+
+def composite_cluster(tmp_path, n=2, **kw):
+    return Cluster(tmp_path, n, tables=COMPOSITE_TABLES, schema=PG_COMPOSITE,
+                   backend="postgresql", **kw)
+
+
+def dumps(site):
+    return (site.sql(REG_ROWS), [r[:4] + (bytes(r[4]) if r[4] is not None else None,)
+                                 for r in site.sql(MIX_ROWS)])
+
+
+def no_backlog(c):
+    for s in c.sites:
+        st = s.status()
+        if st["agent"] != "running" or any(p["backlog"] != 0 or p["out"] != "ready"
+                                           for p in st["peers"]):
+            return False
+    return True
+
+
+def wait_composite_synced(c, timeout=30):
+    """Cluster.synced() compares rows ordered by their first column: not a whole key here."""
+    wait_for(lambda: no_backlog(c) and all(dumps(s) == dumps(c.sites[0]) for s in c.sites[1:]),
+             timeout, "composite-keyed tables equal at every site")
+
+
+def test_pg_composite_keys_replicate_both_ways(tmp_path):
+    c = composite_cluster(tmp_path)
+    a, b = c.sites
+    try:
+        c.init()
+        assert a.sql("SELECT name, pk, cols FROM rep_table ORDER BY name") == [
+            ("mix", "code,shelf,bin", "tag,v"), ("reg", "region,id", "a,b")]
+        c.start()
+        a.script("INSERT INTO reg VALUES('eu', 1, 'eu1', 1), ('eu', 2, 'eu2', 2), "
+                 "('us', 1, 'us1', 3);"
+                 "INSERT INTO mix VALUES('x', 1, 2, 'k', '\\x01'), ('y', 2, 1, 'k', NULL), "
+                 "('z', 1, 1, 'k2', '\\x0203')")
+        b.script("INSERT INTO reg VALUES('us', 2, 'us2', 4), ('ap', 1, 'ap1', 5);"
+                 "INSERT INTO mix VALUES('w', 2, 2, 'k', '\\x04')")
+        wait_composite_synced(c)
+        assert a.sql(REG_ROWS) == [("ap", 1, "ap1", 5), ("eu", 1, "eu1", 1),
+                                   ("eu", 2, "eu2", 2), ("us", 1, "us1", 3),
+                                   ("us", 2, "us2", 4)]
+        assert dumps(b)[1] == [("k", 1, 2, "y", None), ("k", 2, 1, "x", b"\x01"),
+                               ("k", 2, 2, "w", b"\x04"), ("k2", 1, 1, "z", b"\x02\x03")]
+        # updates and deletes both ways, one key part shared with other rows each time
+        a.script("UPDATE reg SET a = 'us2-a' WHERE region = 'us' AND id = 2;"
+                 "DELETE FROM mix WHERE code = 'k' AND shelf = 2 AND bin = 1")
+        b.script("UPDATE reg SET b = 40 WHERE region = 'eu' AND id = 1;"
+                 "DELETE FROM reg WHERE region = 'ap' AND id = 1;"
+                 "UPDATE mix SET v = 'y2', tag = '\\xff' WHERE code = 'k' AND shelf = 1 AND "
+                 "bin = 2")
+        wait_composite_synced(c)
+        assert b.sql(REG_ROWS) == [("eu", 1, "eu1", 40), ("eu", 2, "eu2", 2),
+                                   ("us", 1, "us1", 3), ("us", 2, "us2-a", 4)]
+        assert dumps(a)[1] == [("k", 1, 2, "y2", b"\xff"), ("k", 2, 2, "w", b"\x04"),
+                               ("k2", 1, 1, "z", b"\x02\x03")]
+        # a primary key update is refused, whichever key column it touches
+        for sql in ("UPDATE reg SET id = 9 WHERE region = 'eu' AND id = 2",
+                    "UPDATE reg SET region = 'sa' WHERE region = 'eu' AND id = 2",
+                    "UPDATE mix SET bin = 7 WHERE code = 'k2'"):
+            with pytest.raises(Exception, match="primary key updates are not replicated"):
+                a.sql(sql)
+        # backlog of a peer that is away counts rows by their whole key
+        b.stop()
+        a.script("INSERT INTO reg VALUES('sa', 1, 'sa1', 6), ('sa', 2, 'sa2', 7);"
+                 "UPDATE reg SET b = 8 WHERE region = 'sa' AND id = 1")
+        wait_for(lambda: a.status()["peers"][0]["backlog"] == 2, 10, "a backlog of 2 rows")
+        b.start()
+        wait_composite_synced(c)
+        assert b.sql("SELECT region, id, b FROM reg WHERE region = 'sa' ORDER BY id") == \
+            [("sa", 1, 8), ("sa", 2, 7)]
+        assert a.sql("SELECT count(*) FROM rep_quarantine") == [(0,)]
+        assert b.sql("SELECT count(*) FROM rep_quarantine") == [(0,)]
+    finally:
+        c.stop()
+
+
+def test_pg_composite_key_conflict_converges_and_quarantine_records_the_key(tmp_path):
+    c = composite_cluster(tmp_path)
+    a, b = c.sites
+    try:
+        c.init()
+        c.start()
+        a.script("INSERT INTO reg VALUES('eu', 7, 'orig', 0), ('us', 7, 'other', 0);"
+                 "INSERT INTO mix VALUES('orig', 3, 2, 'k', NULL)")
+        wait_composite_synced(c)
+        b.stop()
+        a.script("UPDATE reg SET a = 'from-a' WHERE region = 'eu' AND id = 7;"
+                 "UPDATE mix SET v = 'from-a' WHERE code = 'k' AND shelf = 2 AND bin = 3")
+        time.sleep(0.01)
+        b.script("UPDATE reg SET a = 'from-b' WHERE region = 'eu' AND id = 7;"
+                 "UPDATE mix SET v = 'from-b' WHERE code = 'k' AND shelf = 2 AND bin = 3")
+        b.start()
+        wait_composite_synced(c)
+        for s in (a, b):
+            assert s.sql(REG_ROWS) == [("eu", 7, "from-b", 0), ("us", 7, "other", 0)]
+            assert s.sql("SELECT v FROM mix") == [("from-b",)]
+        logs = a.sql("SELECT tbl, pk, col, local_val, remote_val, winner FROM rep_conflict") + \
+            b.sql("SELECT tbl, pk, col, local_val, remote_val, winner FROM rep_conflict")
+        # logged where detected: at one site or both, depending on the order of arrival
+        assert {(t, pk, col) for t, pk, col, _, _, _ in logs} == \
+            {("mix", "'k',2,3", "v"), ("reg", "'eu',7", "a")}, logs
+        assert all((lv if w == "local" else rv) == "from-b" for _, _, _, lv, rv, w in logs)
+        # a change that cannot be applied is quarantined with its whole key
+        b.sql("CREATE UNIQUE INDEX only_on_b ON reg(a)")
+        a.script("INSERT INTO reg VALUES('eu', 8, 'same', 1); INSERT INTO reg VALUES('us', 8, "
+                 "'same', 2); INSERT INTO reg VALUES('us', 9, 'x', 3)")
+        wait_for(lambda: b.sql("SELECT count(*) FROM reg") == [(4,)], what="2 of 3 applied")
+        assert b.sql("SELECT tbl, pk, kind FROM rep_quarantine") == [("reg", "'us',8",
+                                                                       "constraint")]
+        b.sql("DROP INDEX only_on_b")
+        wait_composite_synced(c)
+        assert b.sql("SELECT count(*) FROM rep_quarantine") == [(0,)]
+        assert b.sql("SELECT a FROM reg WHERE region = 'us' AND id = 8") == [("same",)]
+    finally:
+        c.stop()
+
+
+def test_pg_site_joins_with_composite_keyed_tables(tmp_path):
+    c = composite_cluster(tmp_path, 3)
+    s1, s2, s3 = c.sites
+    try:
+        s1.run("init")
+        s2.run("init")
+        s1.start()
+        s2.start()
+        for i in range(20):
+            s1.sql("INSERT INTO reg VALUES('eu', ?, 'one', ?)", (i, i))
+            s2.sql("INSERT INTO reg VALUES('us', ?, 'two', ?)", (i, i))
+            s1.sql("INSERT INTO mix VALUES('m', ?, ?, 'k', NULL)", (i, 20 - i))
+        wait_for(lambda: dumps(s1) == dumps(s2) and len(dumps(s1)[0]) == 40,
+                 what="sites 1 and 2 in step")
+        s3.script("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        s3.run("join", "--from", s1.db)
+        assert dumps(s3) == dumps(s1)
+        s2.sql("UPDATE reg SET a = 'after-copy' WHERE region = 'us' AND id = 3")
+        s3.start()
+        s3.sql("UPDATE mix SET v = 'from-3' WHERE code = 'k' AND shelf = 5 AND bin = 15")
+        s3.sql("DELETE FROM reg WHERE region = 'eu' AND id = 4")
+        wait_composite_synced(c, 60)
+        assert s1.sql("SELECT v FROM mix WHERE shelf = 5") == [("from-3",)]
+        assert s3.sql("SELECT a FROM reg WHERE region = 'us' AND id = 3") == [("after-copy",)]
+        assert s2.sql("SELECT count(*) FROM reg WHERE id = 4") == [(1,)]
+    finally:
+        c.stop()
+
+
+def test_sqlite_and_postgresql_sites_converge_on_a_composite_key(tmp_path):
+    """The key travels in the key's declared order on both backends (not column order)."""
+    c = Cluster(tmp_path, 2, tables=("mix",), schema=None, backend="postgresql")
+    a, b = c.sites
+    b.backend = "sqlite"
+    b.db = os.path.join(c.dir, "db2.sqlite")
+    b.write_conf()
+    a.write_conf()
+    a.script(PG_COMPOSITE)
+    b.script("CREATE TABLE mix(v TEXT, bin INTEGER, shelf INTEGER, code TEXT, tag BLOB, "
+             "PRIMARY KEY (code, shelf, bin))")
+    c.init()
+    c.start()
+    try:
+        a.sql("INSERT INTO mix VALUES('pg', 1, 2, 'k', '\\x01'::bytea)")
+        b.sql("INSERT INTO mix VALUES('lite', 2, 1, 'k', x'02')")
+        rows = "SELECT code, shelf, bin, v FROM mix ORDER BY code, shelf, bin"
+        both = [("k", 1, 2, "lite"), ("k", 2, 1, "pg")]
+        wait_for(lambda: no_backlog(c) and a.sql(rows) == b.sql(rows) == both, what="2 rows")
+        assert bytes(a.sql("SELECT tag FROM mix WHERE shelf = 1")[0][0]) == b"\x02"
+        assert b.sql("SELECT tag FROM mix WHERE shelf = 2") == [(b"\x01",)]
+        b.sql("UPDATE mix SET v = 'lite2' WHERE code = 'k' AND shelf = 1 AND bin = 2")
+        a.sql("DELETE FROM mix WHERE code = 'k' AND shelf = 2 AND bin = 1")
+        wait_for(lambda: no_backlog(c) and a.sql(rows) == b.sql(rows) == [("k", 1, 2, "lite2")],
+                 what="the update and the delete")
+        assert a.sql("SELECT count(*) FROM rep_quarantine") == [(0,)]
+    finally:
+        c.stop()
