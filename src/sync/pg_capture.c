@@ -291,7 +291,14 @@ static void gen_upsert(buf_t *b, const pg_table_t *t, const char *a, const char 
     buf_printf(b, ";\n");
 }
 
-/* rep_fold_T(k0, .., k<npk-1>): move the log rows of those keys (one array per key column,
+/* The name of the fold function's parameter for key column k: the first is "k", as it was
+ * when keys had one column (CREATE OR REPLACE cannot rename a parameter). */
+static void fold_param(buf_t *b, unsigned k, const char *sep)
+{
+    buf_printf(b, k ? "%sk%u" : "%sk", sep, k);
+}
+
+/* rep_fold_T(k, k1, .., k<npk-1>): move the log rows of those keys (one array per key column,
  * element i of each naming key i; all rows when NULL) into rep_c_T, in position order,
  * atomically (the rows deleted are exactly the rows folded). Per change: the position and
  * xid become the row's, the causal length steps, and each changed column gets version
@@ -303,22 +310,23 @@ static void gen_fold(buf_t *b, const pg_table_t *t, uint32_t site)
     const char *T = t->name;
     buf_printf(b, "CREATE OR REPLACE FUNCTION \"rep_fold_%s\"(", T);
     for (unsigned k = 0; k < t->npk; k++) {
-        buf_printf(b, "%sk%u %s[]", k ? ", " : "", k, t->types[k]);
+        fold_param(b, k, k ? ", " : "");
+        buf_printf(b, " %s[]", t->types[k]);
     }
     buf_printf(b,
                ") RETURNS int LANGUAGE plpgsql AS $rep$\n#variable_conflict use_variable\nDECLARE "
                "r \"rep_l_%s\"; rs \"rep_l_%s\"[]; total int; me int := %u;\nBEGIN\n WITH d AS "
-               "(DELETE FROM \"rep_l_%s\" l WHERE k0 IS NULL OR ",
+               "(DELETE FROM \"rep_l_%s\" l WHERE k IS NULL OR ",
                T, T, site, T);
     if (t->npk == 1) {
-        buf_printf(b, "l.\"%s\" = ANY(k0)", t->cols[0]);
+        buf_printf(b, "l.\"%s\" = ANY(k)", t->cols[0]);
     } else {
         /* a composite key: the log has no index, a semi-join over the key arrays */
         buf_printf(b, "(");
         sync_pg_key_list(b, t, "l.");
         buf_printf(b, ") IN (SELECT * FROM unnest(");
         for (unsigned k = 0; k < t->npk; k++) {
-            buf_printf(b, "%sk%u", k ? ", " : "", k);
+            fold_param(b, k, k ? ", " : "");
         }
         buf_printf(b, "))");
     }
@@ -428,7 +436,9 @@ static int key_unchanged(pg_db_t *s, const pg_table_t *t, char *why, size_t whyl
 static int fold_old(pg_db_t *s, const pg_table_t *t, char *why, size_t whylen)
 {
     char sql[200];
-    snprintf(sql, sizeof(sql), "SELECT to_regproc('\"rep_fold_%s\"') IS NOT NULL", t->name);
+    /* as a number: sync_pg_q_int() reads a boolean 't' as 0 */
+    snprintf(sql, sizeof(sql), "SELECT (to_regproc('\"rep_fold_%s\"') IS NOT NULL)::int",
+             t->name);
     if (sync_pg_q_int(s, sql) == 0) {
         return 0;
     }

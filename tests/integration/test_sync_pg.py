@@ -455,3 +455,25 @@ def test_sqlite_and_postgresql_sites_converge_on_a_composite_key(tmp_path):
         assert a.sql("SELECT count(*) FROM rep_quarantine") == [(0,)]
     finally:
         c.stop()
+
+
+def test_pg_reinit_folds_the_pending_log_and_refuses_a_changed_key(tmp_path):
+    c = composite_cluster(tmp_path, 1)
+    a = c.sites[0]
+    try:
+        a.run("init")
+        a.sql("INSERT INTO reg VALUES('eu', 1, 'x', 1), ('us', 1, 'y', 2)")
+        a.sql("UPDATE reg SET b = 3 WHERE region = 'us' AND id = 1")
+        assert a.sql("SELECT count(*) FROM rep_l_reg") == [(3,)]
+        a.run("init")  # folds what the installed capture logged before replacing it
+        assert a.sql("SELECT count(*) FROM rep_l_reg") == [(0,)]
+        assert a.sql("SELECT region, id, cl, mask FROM rep_c_reg ORDER BY region, id") == \
+            [("eu", 1, 1, 3), ("us", 1, 1, 2)]
+        a.script("ALTER TABLE reg DROP CONSTRAINT reg_pkey; ALTER TABLE reg ADD PRIMARY KEY "
+                 "(id, region)")
+        r = a.run("init", check=False)
+        assert r.returncode != 0
+        assert "table reg: its primary key was (region,id) when capture was installed and is " \
+            "(id,region) now" in r.stderr, r.stderr
+    finally:
+        c.stop()
