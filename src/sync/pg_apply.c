@@ -210,8 +210,9 @@ static PGresult *read_state(pg_db_t *s, const pg_table_t *t, const sync_entry_t 
     buf_init(&sql);
     buf_init(&keys);
     sync_pg_key_params(&keys, t, 1);
-    buf_printf(&sql, "SELECT \"rep_fold_%s\"(%s) FROM (SELECT count(*) FROM (SELECT * FROM "
-                     "unnest(%s) AS u(",
+    buf_printf(&sql,
+               "SELECT \"rep_fold_%s\"(%s) FROM (SELECT count(*) FROM (SELECT * FROM "
+               "unnest(%s) AS u(",
                t->name, sync_pg_cstr(&keys), sync_pg_cstr(&keys));
     key_aliases(&sql, t, "p");
     buf_printf(&sql, ") ORDER BY ");
@@ -235,8 +236,10 @@ static PGresult *read_state(pg_db_t *s, const pg_table_t *t, const sync_entry_t 
         key_aliases(&sql, t, "p");
         buf_printf(&sql, ", i) LEFT JOIN LATERAL (SELECT * FROM \"%s\" x WHERE ", t->name);
         sync_pg_key_eq(&sql, t, "x.", "k.p", true);
-        buf_printf(&sql, " OFFSET 0) t ON true LEFT JOIN LATERAL (SELECT * FROM \"rep_c_%s\" y "
-                         "WHERE ", t->name);
+        buf_printf(&sql,
+                   " OFFSET 0) t ON true LEFT JOIN LATERAL (SELECT * FROM \"rep_c_%s\" y "
+                   "WHERE ",
+                   t->name);
         sync_pg_key_eq(&sql, t, "y.", "k.p", true);
         buf_printf(&sql, " OFFSET 0) c ON true");
         r = sync_pg_q(s, sync_pg_cstr(&sql), (int)t->npk, k.pv);
@@ -516,8 +519,8 @@ static int write_clocks(pg_db_t *s, const pg_table_t *t, const pdec_t *d, size_t
             buf_printf(&sql, "UPDATE \"rep_c_%s\" c SET cl = u.cl, clh = u.clh, cls = u.cls",
                        t->name);
             for (unsigned c = 0; c < t->ncols; c++) {
-                buf_printf(&sql, ", \"v_%s\" = u.v%u, \"s_%s\" = u.s%u", VCOL(t, c), c,
-                           VCOL(t, c), c);
+                buf_printf(&sql, ", \"v_%s\" = u.v%u, \"s_%s\" = u.s%u", VCOL(t, c), c, VCOL(t, c),
+                           c);
             }
             buf_printf(&sql, " FROM %s WHERE ", sync_pg_cstr(&src));
             sync_pg_key_eq(&sql, t, "c.", "u.k", true);

@@ -437,8 +437,7 @@ static int fold_old(pg_db_t *s, const pg_table_t *t, char *why, size_t whylen)
 {
     char sql[200];
     /* as a number: sync_pg_q_int() reads a boolean 't' as 0 */
-    snprintf(sql, sizeof(sql), "SELECT (to_regproc('\"rep_fold_%s\"') IS NOT NULL)::int",
-             t->name);
+    snprintf(sql, sizeof(sql), "SELECT (to_regproc('\"rep_fold_%s\"') IS NOT NULL)::int", t->name);
     if (sync_pg_q_int(s, sql) == 0) {
         return 0;
     }

@@ -258,11 +258,11 @@ int sync_pg_read(sync_db_t *db, uint64_t after, size_t max, buf_t *out, size_t *
         }
         buf_printf(&sql, " FROM \"rep_c_%s\" c LEFT JOIN \"%s\" t ON ", t->name, t->name);
         sync_pg_key_eq(&sql, t, "t.", "c.", false);
-        buf_printf(&sql,
-                   " WHERE c.xid IS NOT NULL AND pg_visible_in_snapshot(c.xid, $1::pg_snapshot) AND "
-                   "($2::text IS NULL OR (c.xid >= pg_snapshot_xmin($2::pg_snapshot) AND NOT "
-                   "pg_visible_in_snapshot(c.xid, $2::pg_snapshot))) AND c.seq > $3::bigint AND "
-                   "c.seq <= $4::bigint ORDER BY c.seq");
+        buf_printf(
+            &sql, " WHERE c.xid IS NOT NULL AND pg_visible_in_snapshot(c.xid, $1::pg_snapshot) AND "
+                  "($2::text IS NULL OR (c.xid >= pg_snapshot_xmin($2::pg_snapshot) AND NOT "
+                  "pg_visible_in_snapshot(c.xid, $2::pg_snapshot))) AND c.seq > $3::bigint AND "
+                  "c.seq <= $4::bigint ORDER BY c.seq");
         const char *p2[4] = {tg.snap, tg.lo_snap, los, his};
         r = sync_pg_q(s, sync_pg_cstr(&sql), 4, p2);
         buf_deinit(&sql);
