@@ -126,6 +126,16 @@ void sync_fault(const char *point)
     }
 }
 
+bool sync_audit_on(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("MS_SYNC_AUDIT");
+        on = e && strcmp(e, "1") == 0;
+    }
+    return on;
+}
+
 /* ---- connections ---- */
 
 /* Detach a connection from its peer and mark it dead; it is freed by conn_sweep() at the end

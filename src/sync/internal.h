@@ -245,6 +245,10 @@ bool sync_backlog_exceeded(uint64_t oldest_ms, uint64_t now_ms, unsigned limit_m
  * in the environment, the n-th call at that point kills the process with SIGKILL, as a crash
  * or kill -9 would at that instant. */
 void sync_fault(const char *point);
+/* True when MS_SYNC_AUDIT=1 is set (tests): the backends then record every change they apply
+ * as (origin, position) in rep_audit, in the apply's transaction, so a test can prove that no
+ * change was applied twice. */
+bool sync_audit_on(void);
 
 /* ---- backend ops ---- */
 typedef struct sync_db sync_db_t;

@@ -204,6 +204,14 @@ static uint64_t entry_max_hlc(const sync_wtable_t *w, const sync_entry_t *e)
 
 /* Apply one entry. Returns 0 (applied), 1 (quarantined), or MS_EDB (the transaction is
  * unusable: the caller rolls back). */
+/* Tests only (sync_audit_on()): record the applied change in this transaction. */
+static int audit(sq_db_t *s, uint32_t origin, uint64_t seq)
+{
+    char sql[96]; /* rep_audit is made by sync_sq_attach() */
+    snprintf(sql, sizeof(sql), "INSERT INTO rep_audit VALUES(%u, %lld)", origin, (long long)seq);
+    return sync_sq_exec(s, sql);
+}
+
 static int apply_entry(sq_db_t *s, uint32_t origin, const sync_wtable_t *w, wmap_t *m,
                        const sync_entry_t *e, sync_apply_res_t *res)
 {
@@ -360,6 +368,9 @@ static int apply_entry(sq_db_t *s, uint32_t origin, const sync_wtable_t *w, wmap
     }
     if (mx > res->max_hlc) {
         res->max_hlc = mx;
+    }
+    if (sync_audit_on() && audit(s, origin, e->seq) != 0) {
+        return MS_EDB;
     }
     res->entries_applied++;
     return 0;

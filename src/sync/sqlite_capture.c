@@ -582,6 +582,12 @@ int sync_sq_init(sync_db_t *db, char *why, size_t whylen)
 int sync_sq_attach(sync_db_t *db, char *why, size_t whylen)
 {
     sq_db_t *s = (sq_db_t *)db;
+    /* before init, which notes the schema version */
+    if (sync_audit_on() &&
+        sync_sq_exec(s, "CREATE TABLE IF NOT EXISTS rep_audit(origin INTEGER NOT NULL, seq "
+                        "INTEGER NOT NULL)") != 0) {
+        return sync_sq_why_db(s, why, whylen, "creating rep_audit");
+    }
     int rc = sync_sq_init(db, why, whylen);
     if (rc == 0 && !s->inb_get) {
         rc = prepare_common(s);

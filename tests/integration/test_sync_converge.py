@@ -1,7 +1,10 @@
 """Convergence property test: 2-4 sites, seeded random inserts, updates and deletes at every
 site at once, random kill -9 and restart of agents, cut connections; after healing, all
 databases must be identical, no acknowledged write may be lost to an older one, and nothing
-may be applied twice. The seed is printed on failure; rerun one with MS_SYNC_SEED=N.
+may be applied twice (the agents run with MS_SYNC_AUDIT=1 and record every change they apply,
+in the apply's transaction; a broken resume cursor plus a broken skip of entries at or below
+it shows here, while the databases still converge). The seed is printed on failure; rerun one
+with MS_SYNC_SEED=N.
 
 A failure reports what is needed to understand it: the schedule of kills and cuts, each
 site's delivery state, and for every row concerned each site's row, change-table entry,
@@ -233,8 +236,19 @@ def check(c, writes, seed):
         problems.append("seed %d: %d acknowledged writes lost, e.g. %r" %
                         (seed, len(lost), lost[:3]))
         keys.update(x[1] for x in lost)
-    # Nothing applied twice and nothing stuck: every receiver's quarantine is empty and every
-    # conflict record names a loser that is older than its winner.
+    # Nothing applied twice: the agents run with MS_SYNC_AUDIT=1 and record each change they
+    # apply, as (origin, position), in the apply's own transaction (rolled back with it).
+    for s in c.sites:
+        twice = s.sql("SELECT origin, seq, count(*) FROM rep_audit GROUP BY origin, seq "
+                      "HAVING count(*) > 1 LIMIT 3")
+        if twice:
+            problems.append("seed %d: site %s applied changes more than once, e.g. "
+                            "(origin, position, times) %r" % (seed, s.name, twice))
+        if s.sql("SELECT count(*) FROM rep_audit") == [(0,)]:
+            problems.append("seed %d: site %s applied nothing (is the audit on?)" %
+                            (seed, s.name))
+    # Nothing stuck: every receiver's quarantine is empty and every conflict record names a
+    # loser that is older than its winner.
     for s in c.sites:
         if s.sql("SELECT count(*) FROM rep_quarantine") != [(0,)]:
             problems.append("seed %d: site %s has quarantined changes" % (seed, s.name))
@@ -364,7 +378,8 @@ SEED0 = int(os.environ.get("MS_SYNC_SEED", "1000"))
 
 
 @pytest.mark.parametrize("k", range(RUNS))
-def test_convergence(tmp_path, k):
+def test_convergence(tmp_path, k, monkeypatch):
+    monkeypatch.setenv("MS_SYNC_AUDIT", "1")  # the agents record what they apply (see check)
     seed = SEED0 + k
     nsites = 2 + seed % 3
     print("convergence run seed=%d sites=%d" % (seed, nsites))
