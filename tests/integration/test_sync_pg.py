@@ -477,3 +477,26 @@ def test_pg_reinit_folds_the_pending_log_and_refuses_a_changed_key(tmp_path):
             "(id,region) now" in r.stderr, r.stderr
     finally:
         c.stop()
+
+
+def test_pg_composite_tombstones_are_purged_and_a_reinsert_replicates(tmp_path):
+    extra = "  max_peer_offline: 3s\n  tombstone_retention: 3s\n  max_clock_skew: 1s\n"
+    c = composite_cluster(tmp_path, extra=extra)
+    a, b = c.sites
+    tombs = "SELECT region, id FROM rep_c_reg WHERE (cl & 1) = 0 ORDER BY region, id"
+    try:
+        c.init()
+        c.start()
+        a.script("INSERT INTO reg VALUES('eu', 1, 'x', 1), ('eu', 2, 'y', 2), ('us', 1, 'z', 3)")
+        wait_composite_synced(c)
+        a.sql("DELETE FROM reg WHERE region = 'eu' AND id = 1")
+        wait_composite_synced(c)
+        assert a.sql(tombs) == b.sql(tombs) == [("eu", 1)]
+        wait_for(lambda: a.sql(tombs) == [] and b.sql(tombs) == [], 20, "tombstones purged")
+        assert a.sql("SELECT region, id, cl FROM rep_c_reg ORDER BY region, id") == \
+            [("eu", 2, 1), ("us", 1, 1)]
+        b.sql("INSERT INTO reg VALUES('eu', 1, 'reborn', 9)")
+        wait_composite_synced(c)
+        assert a.sql(REG_ROWS) == [("eu", 1, "reborn", 9), ("eu", 2, "y", 2), ("us", 1, "z", 3)]
+    finally:
+        c.stop()
