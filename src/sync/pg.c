@@ -314,7 +314,7 @@ static int pg_set_acked(sync_db_t *db, uint32_t peer, uint64_t acked)
  * the oldest. */
 static uint64_t pg_pending(pg_db_t *s, const pg_table_t *t, uint64_t acked, uint64_t *oldest)
 {
-    const char *T = t->name, *P = t->cols[0];
+    const char *T = t->name;
     char w[256];
     snprintf(w, sizeof(w),
              "c.xid IS NOT NULL AND (%llu = 0 OR NOT pg_visible_in_snapshot(c.xid, (SELECT snap "
@@ -322,11 +322,16 @@ static uint64_t pg_pending(pg_db_t *s, const pg_table_t *t, uint64_t acked, uint
              (unsigned long long)acked, (unsigned long long)(acked >> PG_PART_BITS));
     buf_t b;
     buf_init(&b);
+    /* a composite key counts as one row value: count(DISTINCT (l.a, l.b)) */
     buf_printf(&b,
                "SELECT count(*), min(c.lh) FROM \"rep_c_%s\" c WHERE %s UNION ALL SELECT "
-               "count(DISTINCT l.\"%s\") FILTER (WHERE NOT EXISTS (SELECT 1 FROM \"rep_c_%s\" c "
-               "WHERE c.\"%s\" = l.\"%s\" AND %s)), min(l.h) FROM \"rep_l_%s\" l",
-               T, w, P, T, P, P, w, T);
+               "count(DISTINCT %s",
+               T, w, t->npk > 1 ? "(" : "");
+    sync_pg_key_list(&b, t, "l.");
+    buf_printf(&b, "%s) FILTER (WHERE NOT EXISTS (SELECT 1 FROM \"rep_c_%s\" c WHERE ",
+               t->npk > 1 ? ")" : "", T);
+    sync_pg_key_eq(&b, t, "c.", "l.", false);
+    buf_printf(&b, " AND %s)), min(l.h) FROM \"rep_l_%s\" l", w, T);
     PGresult *r = sync_pg_q(s, sync_pg_cstr(&b), 0, NULL);
     uint64_t n = 0;
     for (int i = 0; r && i < PQntuples(r); i++) {
@@ -466,21 +471,27 @@ static int ro_tables(pg_db_t *s, char *why, size_t whylen)
             return MS_ENOENT;
         }
         pg_table_t *t = &s->t[s->nt++];
-        char *cols[SYNC_MAX_COLS];
-        t->ncols = sync_split_names(PQgetvalue(r, 0, 1), cols, SYNC_MAX_COLS);
-        t->cols = xcalloc(t->ncols + 1, sizeof(char *));
-        t->types = xcalloc(t->ncols + 1, sizeof(char *));
-        t->oids = xcalloc(t->ncols + 1, sizeof(unsigned));
-        t->cols[0] = xstrdup(PQgetvalue(r, 0, 0));
-        memcpy(t->cols + 1, cols, t->ncols * sizeof(char *));
+        /* rep_table.pk: the key's columns in key order, comma-separated */
+        char *names[SYNC_MAX_PK + SYNC_MAX_COLS];
+        t->npk = sync_split_names(PQgetvalue(r, 0, 0), names, SYNC_MAX_PK);
+        t->ncols = sync_split_names(PQgetvalue(r, 0, 1), names + t->npk, SYNC_MAX_COLS);
+        t->cols = xcalloc(t->npk + t->ncols + 1, sizeof(char *));
+        t->types = xcalloc(t->npk + t->ncols + 1, sizeof(char *));
+        t->oids = xcalloc(t->npk + t->ncols + 1, sizeof(unsigned));
+        memcpy(t->cols, names, (t->npk + t->ncols) * sizeof(char *));
         t->name = xstrdup(c->tables.v[i]);
-        t->w = (sync_wtable_t){t->name, 1, t->ncols, t->cols};
+        t->w = (sync_wtable_t){t->name, t->npk, t->ncols, t->cols};
         const char *fp = PQgetvalue(r, 0, 2);
         for (int k = 0; k < 16 && strlen(fp) == 32; k++) {
             char h[3] = {fp[2 * k], fp[2 * k + 1], 0};
             t->fp[k] = (uint8_t)strtoul(h, NULL, 16);
         }
         PQclear(r);
+        if (t->npk == 0) {
+            snprintf(why, whylen, "rep_table has no primary key for %s; run multisite-syncd init",
+                     t->name);
+            return MS_EDB;
+        }
     }
     return 0;
 }

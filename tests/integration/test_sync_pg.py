@@ -500,3 +500,23 @@ def test_pg_composite_tombstones_are_purged_and_a_reinsert_replicates(tmp_path):
         assert a.sql(REG_ROWS) == [("eu", 1, "reborn", 9), ("eu", 2, "y", 2), ("us", 1, "z", 3)]
     finally:
         c.stop()
+
+
+def test_pg_composite_backlog_counts_whole_keys_with_the_agent_down_and_up(tmp_path):
+    c = composite_cluster(tmp_path)
+    a = c.sites[0]
+    try:
+        a.run("init")
+        # three log rows (not folded: no agent) of two rows that share their region
+        a.sql("INSERT INTO reg VALUES('sa', 1, 'x', 1), ('sa', 2, 'y', 2)")
+        a.sql("UPDATE reg SET b = 8 WHERE region = 'sa' AND id = 1")
+        assert a.sql("SELECT count(*) FROM rep_l_reg") == [(3,)]
+        st = a.status()
+        assert st["agent"] == "down" and st["peers"][0]["backlog"] == 2, st
+        assert a.sql("SELECT count(*) FROM rep_l_reg") == [(3,)]  # not folded
+        a.start()
+        assert a.status()["peers"][0]["backlog"] == 2  # folded or not
+        wait_for(lambda: a.sql("SELECT count(*) FROM rep_l_reg") == [(0,)], what="the fold")
+        assert a.status()["peers"][0]["backlog"] == 2
+    finally:
+        c.stop()
