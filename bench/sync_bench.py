@@ -320,12 +320,12 @@ def main():
                                                    dbs=1 if QUICK else 3)
         fig("sqlite capture overhead (autocommit inserts, WAL, synchronous=NORMAL; median of "
             "paired rounds, range %.2f-%.2f; %.1f vs %.1f us)" % (lo, hi, us1, us0),
-            "%.2f" % x, "x", "floor <= 1.6", x <= 1.6)
+            "%.3f" % x, "x", "floor <= 1.6", x <= 1.6)
         n = 300 if QUICK else 1000
         (x, lo, hi), (bx, blo, bhi) = bench_capture_pg(n)
         fig("postgresql capture overhead (autocommit inserts, median of paired rounds, range "
-            "%.2f-%.2f; Bucardo's triggers in the same rounds: %.2f x, range %.2f-%.2f)"
-            % (lo, hi, bx, blo, bhi), "%.2f" % x, "x", "floor <= Bucardo's", x <= bx)
+            "%.2f-%.2f; Bucardo's triggers in the same rounds: %.3f x, range %.2f-%.2f)"
+            % (lo, hi, bx, blo, bhi), "%.3f" % x, "x", "floor <= Bucardo's", x <= bx)
     if "conflict" not in SKIP:
         # issue 5's conflict: row 1 changed at both sites while apart, in different columns
         # (site 2 sets b, then site 1 sets a), then site 2 changes row 2
