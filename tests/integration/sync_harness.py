@@ -27,6 +27,9 @@ def _ephemeral_range():
         return 32768, 60999
 
 
+_given = set()  # ports free_port() returned in this process
+
+
 def free_port():
     """A TCP port on 127.0.0.1 nobody listens on, from BELOW the kernel's ephemeral range.
     A port from the ephemeral range (bind to port 0) is free only until the next outgoing
@@ -41,9 +44,12 @@ def free_port():
     rnd = random.Random()
     for _ in range(500):
         p = rnd.randint(lo, hi)
+        if p in _given:  # picked before and maybe not bound yet (an agent not started yet)
+            continue
         s = socket.socket()
         try:
             s.bind(("127.0.0.1", p))
+            _given.add(p)
             return p
         except OSError:
             continue

@@ -384,12 +384,9 @@ def test_status_with_the_agent_down_is_read_only(tmp_path):
         c.stop()
 
 
-def test_init_with_unfolded_changes_leaves_them_to_the_fold(tmp_path):
-    """Init (run by the agent at start and by `init`) gives
-    the rows that existed before capture an entry each. A row whose insert is still in the
-    capture log is not one of them: an entry made by init would be positioned above the
-    logged change, could be sent there, and would then move below the peers' cursor when the
-    log is folded: positions must never go backwards."""
+def synced_then_a_down(tmp_path):
+    """Two sites that exchanged one row (id 1), then site a's agent stopped: what a writes
+    now stays in its capture log. Returns (cluster, a, b); the caller stops the cluster."""
     c = Cluster(tmp_path, 2)
     c.init()
     c.start()
@@ -398,6 +395,20 @@ def test_init_with_unfolded_changes_leaves_them_to_the_fold(tmp_path):
         a.sql("INSERT INTO items(id, a) VALUES(1, 'seen')")
         c.wait_synced()
         a.stop()
+    except BaseException:
+        c.stop()
+        raise
+    return c, a, b
+
+
+def test_init_with_unfolded_changes_leaves_them_to_the_fold(tmp_path):
+    """Init (run by the agent at start and by `init`) gives
+    the rows that existed before capture an entry each. A row whose insert is still in the
+    capture log is not one of them: an entry made by init would be positioned above the
+    logged change, could be sent there, and would then move below the peers' cursor when the
+    log is folded: positions must never go backwards."""
+    c, a, b = synced_then_a_down(tmp_path)
+    try:
         a.sql("INSERT INTO items(id, a) VALUES(2, 'new')")  # logged, not folded: agent down
         logged = a.sql("SELECT ms FROM rep_l_items WHERE id = 2")
         assert len(logged) == 1
@@ -421,14 +432,8 @@ def test_fold_reads_a_log_row_of_an_earlier_version(tmp_path):
     """Capture logs written before the wall-clock column carry the position in seq and no ms:
     the fold keeps that position (when it is above everything folded), so an upgrade loses
     or renumbers nothing. Without the ms-NULL rule the row would be stamped from NULL."""
-    c = Cluster(tmp_path, 2)
-    c.init()
-    c.start()
+    c, a, b = synced_then_a_down(tmp_path)
     try:
-        a, b = c.sites
-        a.sql("INSERT INTO items(id, a) VALUES(1, 'seen')")
-        c.wait_synced()
-        a.stop()
         a.sql("INSERT INTO items(id, a) VALUES(7, 'old-format')")
         a.sql("DELETE FROM rep_l_items")
         pos = (int(time.time() * 1000) << 16) + 5
