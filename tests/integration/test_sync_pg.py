@@ -107,6 +107,25 @@ def test_pg_replicates_both_ways_with_conflict_log(pg2):
                         (lv if w == "local" else rv) == "from-b" for col, lv, rv, w in logs)
 
 
+def test_pg_applied_rows_are_not_captured_again(pg2):
+    """No echo: rows the agent applies are not captured at the receiving site (the trigger
+    function returns at once under rep.applying), so nothing comes back and the receiver
+    sends nothing; a write made there by an application still is captured and sent."""
+    a, b = pg2.sites
+    a.sql("INSERT INTO items SELECT g, 'r' || g, g, 0.5, NULL, NULL FROM generate_series(1, 50) g")
+    a.sql("UPDATE items SET b = b + 1 WHERE id <= 10")
+    a.sql("DELETE FROM items WHERE id = 50")
+    pg2.wait_synced()
+    assert b.sql("SELECT count(*) FROM items") == [(49,)]
+    assert b.sql("SELECT count(*) FROM rep_l_items") == [(0,)]
+    assert b.status()["peers"][0]["rows_sent"] == 0
+    assert b.sql("SELECT count(*) FROM rep_c_items WHERE s_a = 2") == [(0,)]
+    b.sql("UPDATE items SET a = 'from-b' WHERE id = 7")  # the control: captured and sent
+    pg2.wait_synced()
+    assert a.sql("SELECT a FROM items WHERE id = 7") == [("from-b",)]
+    assert b.status()["peers"][0]["rows_sent"] == 1
+
+
 def test_pg_a_column_only_one_side_changed_is_no_conflict_in_either_arrival_order(tmp_path):
     # As the SQLite test: site 1 changes a and b, site 2 a and d. Site 1's entry carries d's
     # version that site 2 overwrote; reaching site 2 first, d must not be logged as a conflict.
