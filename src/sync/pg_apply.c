@@ -610,9 +610,9 @@ static int apply_set(pg_db_t *s, uint32_t origin, const sync_wtable_t *w, const 
     return rc;
 }
 
-/* Settings of every apply transaction: capture off (the trigger's WHEN), and nested loops
- * only: every statement of an apply joins a batch-sized key array to a table by its key, and a
- * hash or merge join would read the whole table once per batch. */
+/* Settings of every apply transaction: capture off (the trigger function returns at once),
+ * and nested loops only: every statement of an apply joins a batch-sized key array to a table
+ * by its key, and a hash or merge join would read the whole table once per batch. */
 #define APPLY_SETTINGS                                                                             \
     "SET LOCAL rep.applying = 'on'; SET LOCAL enable_hashjoin = off; SET LOCAL "                   \
     "enable_mergejoin = off; "
