@@ -988,24 +988,28 @@ static void loop_once(agent_t *a)
     conn_sweep(a);
 }
 
-int sync_db_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen)
+static int db_open(const sync_conf_t *c, bool ro, sync_db_t **out, char *why, size_t whylen)
 {
-    int rc = c->backend == SYNC_BACKEND_PG ? sync_pg_open(c, out, why, whylen)
-                                           : sync_sqlite_open(c, out, why, whylen);
+    int rc;
+    if (c->backend == SYNC_BACKEND_PG) {
+        rc = ro ? sync_pg_open_ro(c, out, why, whylen) : sync_pg_open(c, out, why, whylen);
+    } else {
+        rc = ro ? sync_sqlite_open_ro(c, out, why, whylen) : sync_sqlite_open(c, out, why, whylen);
+    }
     if (rc == 0) {
         (*out)->rules.mode = (int)c->resolution;
     }
     return rc;
 }
 
+int sync_db_open(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen)
+{
+    return db_open(c, false, out, why, whylen);
+}
+
 int sync_db_open_ro(const sync_conf_t *c, sync_db_t **out, char *why, size_t whylen)
 {
-    int rc = c->backend == SYNC_BACKEND_PG ? sync_pg_open_ro(c, out, why, whylen)
-                                           : sync_sqlite_open_ro(c, out, why, whylen);
-    if (rc == 0) {
-        (*out)->rules.mode = (int)c->resolution;
-    }
-    return rc;
+    return db_open(c, true, out, why, whylen);
 }
 
 int sync_cmd_init(const sync_conf_t *c)

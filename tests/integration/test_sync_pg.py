@@ -230,17 +230,23 @@ def test_pg_concurrent_writers_at_both_sites_converge(pg2):
     assert a.sql("SELECT count(*) FROM rep_inbound") == [(1,)]
 
 
-def test_sqlite_and_postgresql_sites_converge(tmp_path):
-    c = Cluster(tmp_path, 2, schema=None, backend="postgresql")
+def mixed_cluster(tmp_path, tables, pg_schema, sqlite_schema):
+    """Site 1 on PostgreSQL, site 2 on SQLite, each with its schema; returns (c, a, b)."""
+    c = Cluster(tmp_path, 2, tables=tables, schema=None, backend="postgresql")
     a, b = c.sites
-    # turn site 2 into a SQLite site
     b.backend = "sqlite"
     b.db = os.path.join(c.dir, "db2.sqlite")
     b.write_conf()
     a.write_conf()
-    a.script(PG_ITEMS)
-    b.script("CREATE TABLE items(id INTEGER PRIMARY KEY, a TEXT, b INTEGER, c REAL, d TEXT, "
-             "e BLOB)")
+    a.script(pg_schema)
+    b.script(sqlite_schema)
+    return c, a, b
+
+
+def test_sqlite_and_postgresql_sites_converge(tmp_path):
+    c, a, b = mixed_cluster(tmp_path, ("items",), PG_ITEMS,
+                            "CREATE TABLE items(id INTEGER PRIMARY KEY, a TEXT, b INTEGER, "
+                            "c REAL, d TEXT, e BLOB)")
     c.init()
     c.start()
     try:
@@ -448,15 +454,9 @@ def test_pg_site_joins_with_composite_keyed_tables(tmp_path):
 
 def test_sqlite_and_postgresql_sites_converge_on_a_composite_key(tmp_path):
     """The key travels in the key's declared order on both backends (not column order)."""
-    c = Cluster(tmp_path, 2, tables=("mix",), schema=None, backend="postgresql")
-    a, b = c.sites
-    b.backend = "sqlite"
-    b.db = os.path.join(c.dir, "db2.sqlite")
-    b.write_conf()
-    a.write_conf()
-    a.script(PG_COMPOSITE)
-    b.script("CREATE TABLE mix(v TEXT, bin INTEGER, shelf INTEGER, code TEXT, tag BLOB, "
-             "PRIMARY KEY (code, shelf, bin))")
+    c, a, b = mixed_cluster(tmp_path, ("mix",), PG_COMPOSITE,
+                            "CREATE TABLE mix(v TEXT, bin INTEGER, shelf INTEGER, code TEXT, "
+                            "tag BLOB, PRIMARY KEY (code, shelf, bin))")
     c.init()
     c.start()
     try:
