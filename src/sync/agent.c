@@ -350,6 +350,13 @@ static void check_backlog(agent_t *a, peer_t *p, uint64_t now, uint64_t wall)
     }
 }
 
+/* How often to look for rows past a retention: a tenth of it, within 1 s..60 s. */
+static uint64_t purge_every(unsigned retention_ms)
+{
+    unsigned every = retention_ms / 10;
+    return every < 1000 ? 1000 : every > 60000 ? 60000 : every;
+}
+
 /* Quarantined changes that still fail quarantine_retention after they were first quarantined
  * are deleted: they are lost at this site, so it is logged as a warning. By their first
  * quarantine, not their last attempt: the retry tries them every second. */
@@ -359,8 +366,7 @@ static void quarantine_tick(agent_t *a, uint64_t now, uint64_t wall)
     if (!c->quarantine_retention_ms || now < a->next_qpurge_ms) {
         return;
     }
-    unsigned every = c->quarantine_retention_ms / 10;
-    a->next_qpurge_ms = now + (every < 1000 ? 1000 : every > 60000 ? 60000 : every);
+    a->next_qpurge_ms = now + purge_every(c->quarantine_retention_ms);
     uint64_t n = 0;
     if (a->db->ops->purge_quarantine(a->db, wall - c->quarantine_retention_ms, &n) != 0) {
         log_warn("deleting expired quarantined changes failed");
@@ -387,8 +393,7 @@ static void life_tick(agent_t *a, uint64_t now)
         }
     }
     if (c->tombstone_retention_ms && now >= a->next_purge_ms) {
-        unsigned every = c->tombstone_retention_ms / 10;
-        a->next_purge_ms = now + (every < 1000 ? 1000 : every > 60000 ? 60000 : every);
+        a->next_purge_ms = now + purge_every(c->tombstone_retention_ms);
         uint64_t n = 0;
         uint64_t h = sync_gc_horizon(wall - c->max_clock_skew_ms, c->tombstone_retention_ms);
         if (a->db->ops->purge(a->db, h, &n) != 0) {
